@@ -1,0 +1,1 @@
+"""Model helpers: tiny random models of each MoE family (tests, smoke runs) and their tokenizer."""

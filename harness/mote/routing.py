@@ -1,0 +1,113 @@
+"""The routing change: one small set of pure torch functions that every backend calls.
+
+Two edits, both expressed over boolean expert tables so that rows of one batch can differ:
+
+(a) `edit_selection_scores`: edit the scores a router *selects* over. Mask-suppressed experts get
+    -inf (never chosen; the next-best takes the slot), stimulated experts +inf (always chosen,
+    displacing the weakest selected one). Applied to the tensor passed to the router's own
+    selection call, so each family's weighting code (softmax, sigmoid + correction bias,
+    renormalisation, scaling) runs unchanged. The same edit on a grouped view [.., G, E/G] makes a
+    forced expert's group always win and keeps a masked expert from ever lifting its group.
+(b) `drop_after_topk`: after selection, zero the weights of drop-suppressed experts and rescale
+    the remaining selected weights to the token's original weight sum (MoTE: the slot stays empty).
+
+No model, module or backend is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from harness.mote.intervention import Intervention
+
+
+@dataclass(frozen=True)
+class LayerTables:
+    """Per-row flags of one MoE layer, each a bool tensor [rows, n_experts] or None if unused."""
+
+    block: torch.Tensor | None = None  # suppress/mask: excluded before top-k
+    force: torch.Tensor | None = None  # stimulate: forced into the top-k
+    drop: torch.Tensor | None = None  # suppress/drop: weight zeroed after top-k
+
+    @property
+    def edits_selection(self) -> bool:
+        return self.block is not None or self.force is not None
+
+
+def build_layer_tables(
+    interventions: Sequence[Intervention], n_experts: dict[int, int], device: torch.device | str = "cpu"
+) -> dict[int, LayerTables]:
+    """Tables for every MoE layer that at least one row's intervention touches.
+
+    `interventions[r]` is row r's intervention; `n_experts` maps absolute MoE layer index to its
+    routed-expert count. Layers no row touches are absent (the backend then leaves them alone).
+    """
+    rows = len(interventions)
+    flags: dict[int, dict[str, torch.Tensor]] = {}
+    for row, intervention in enumerate(interventions):
+        if intervention.is_none:
+            continue
+        which = "force" if intervention.kind == "stimulate" else "block" if intervention.mode == "mask" else "drop"
+        for layer, expert in intervention.experts:
+            if layer not in n_experts:
+                raise ValueError(f"layer {layer} is not an MoE layer of this model")
+            if expert >= n_experts[layer]:
+                raise ValueError(f"expert {expert} out of range for layer {layer} ({n_experts[layer]} experts)")
+            table = flags.setdefault(layer, {}).get(which)
+            if table is None:
+                table = torch.zeros(rows, n_experts[layer], dtype=torch.bool, device=device)
+                flags[layer][which] = table
+            table[row, expert] = True
+    return {layer: LayerTables(**tables) for layer, tables in flags.items()}
+
+
+def expand_rows(table: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """[rows, E] -> [tokens, E] for tokens laid out row-major (row r owns tokens r*S .. r*S+S-1)."""
+    rows = table.shape[0]
+    if rows == n_tokens:
+        return table
+    if n_tokens % rows:
+        raise ValueError(f"{n_tokens} tokens cannot be split evenly over {rows} rows")
+    return table.repeat_interleave(n_tokens // rows, dim=0)
+
+
+def edit_selection_scores(
+    scores: torch.Tensor, block: torch.Tensor | None, force: torch.Tensor | None
+) -> torch.Tensor:
+    """Scores with blocked experts at -inf and forced experts at +inf.
+
+    `block`/`force` are bool and broadcastable to `scores` (per token [T, E], or reshaped like a
+    grouped view). An expert the family's own code already set to -inf (e.g. one it already picked
+    in a sequential selection, or one outside the chosen groups) is never forced back in.
+    """
+    out = scores
+    if block is not None:
+        out = out.masked_fill(block, float("-inf"))
+    if force is not None:
+        out = out.masked_fill(force & (scores > float("-inf")), float("inf"))
+    return out
+
+
+def drop_after_topk(
+    topk_ids: torch.Tensor, topk_weights: torch.Tensor, drop: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the selected weights of dropped experts and rescale the rest to the original sum.
+
+    `topk_ids`/`topk_weights` [T, k]; `drop` bool [T, E]. Returns (weights, dropped slots [T, k]).
+    A token whose selected experts are all dropped gets all-zero routed weights. Tokens with no
+    dropped slot keep their weights bit for bit.
+    """
+    dropped = drop.gather(1, topk_ids.long())
+    if not bool(dropped.any()):
+        return topk_weights, dropped
+    w = topk_weights.float()
+    original_sum = w.sum(dim=-1, keepdim=True)
+    kept = w.masked_fill(dropped, 0.0)
+    kept_sum = kept.sum(dim=-1, keepdim=True)
+    scale = torch.where(kept_sum > 0, original_sum / kept_sum.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
+    rescaled = (kept * scale).to(topk_weights.dtype)
+    touched = dropped.any(dim=-1, keepdim=True)
+    return torch.where(touched, rescaled, topk_weights), dropped

@@ -1,0 +1,1 @@
+"""Task definitions and data, installed as `harness._tasks` (see pyproject.toml)."""
