@@ -3,8 +3,8 @@
 
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, load_intervention, save_intervention
-from harness.mote.random_baseline import random_like, random_intervention_like
-from harness.mote.records import Span, RoutingRecord
+from harness.mote.random_baseline import random_intervention_like, random_like
+from harness.mote.records import RoutingRecord, Span
 
 __all__ = [
     "ExpertSet",

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import InputError
 from harness.mote.experts import ExpertSet
@@ -50,7 +58,7 @@ class Intervention(BaseModel):
 
     kind: Kind = "none"
     mode: Mode | None = None
-    experts: ExpertSet = Field(default_factory=ExpertSet)
+    experts: ExpertSet = Field(default_factory=ExpertSet, validate_default=True)
     name: str | None = None
     seed: int | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
@@ -81,18 +89,23 @@ class Intervention(BaseModel):
             return {**data, "mode": "drop"}
         return data
 
-    @model_validator(mode="after")
-    def _check_consistency(self) -> Intervention:
-        if self.kind == "none":
-            if self.experts:
-                raise ValueError("kind 'none' takes no experts")
-            if self.mode is not None:
-                raise ValueError("kind 'none' takes no mode")
-        elif not self.experts:
-            raise ValueError(f"kind '{self.kind}' needs at least one expert")
-        if self.kind == "stimulate" and self.mode is not None:
-            raise ValueError("mode applies to kind 'suppress' only")
-        return self
+    @field_validator("mode")
+    @classmethod
+    def _mode_fits_kind(cls, mode: Mode | None, info: ValidationInfo) -> Mode | None:
+        kind = info.data.get("kind")
+        if mode is not None and kind != "suppress":
+            raise ValueError(f"no mode for kind '{kind}' (mode applies to kind 'suppress' only)")
+        return mode
+
+    @field_validator("experts", mode="after")
+    @classmethod
+    def _experts_fit_kind(cls, experts: ExpertSet, info: ValidationInfo) -> ExpertSet:
+        kind = info.data.get("kind")
+        if kind == "none" and experts:
+            raise ValueError("no experts for kind 'none'")
+        if kind in ("suppress", "stimulate") and not experts:
+            raise ValueError(f"at least one expert for kind '{kind}'")
+        return experts
 
     @classmethod
     def none(cls) -> Intervention:

@@ -50,12 +50,20 @@ def build_layer_tables(
     for row, intervention in enumerate(interventions):
         if intervention.is_none:
             continue
-        which = "force" if intervention.kind == "stimulate" else "block" if intervention.mode == "mask" else "drop"
+        which = (
+            "force"
+            if intervention.kind == "stimulate"
+            else "block"
+            if intervention.mode == "mask"
+            else "drop"
+        )
         for layer, expert in intervention.experts:
             if layer not in n_experts:
                 raise ValueError(f"layer {layer} is not an MoE layer of this model")
             if expert >= n_experts[layer]:
-                raise ValueError(f"expert {expert} out of range for layer {layer} ({n_experts[layer]} experts)")
+                raise ValueError(
+                    f"expert {expert} out of range for layer {layer} ({n_experts[layer]} experts)"
+                )
             table = flags.setdefault(layer, {}).get(which)
             if table is None:
                 table = torch.zeros(rows, n_experts[layer], dtype=torch.bool, device=device)

@@ -27,7 +27,9 @@ class ModelSpec:
             field = f"experts.{layer}"
             if layer not in self.n_experts:
                 raise InputError(
-                    source, field, f"an MoE layer index of this {self.family} model, one of {list(self.moe_layers)}",
+                    source,
+                    field,
+                    f"an MoE layer index of this {self.family} model, one of {list(self.moe_layers)}",
                     layer,
                 )
             bad = [e for e in experts if e >= self.n_experts[layer]]

@@ -1,0 +1,76 @@
+"""What every backend takes and returns: a list of requests in, one result per request out.
+
+Batching is the backend's job (as in lm-eval): rows of one call may carry different interventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from harness.mote.intervention import Intervention
+from harness.mote.records import RoutingRecord
+from harness.mote.spec import ModelSpec
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt (`prompt` string or chat `messages`) with the intervention it runs under."""
+
+    id: str
+    prompt: str | None = None
+    messages: Sequence[Message] | None = None
+    intervention: Intervention = field(default_factory=Intervention.none)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError(f"request {self.id!r}: give exactly one of prompt or messages")
+
+    def chat(self) -> list[Message]:
+        if self.messages is not None:
+            return [dict(m) for m in self.messages]
+        return [{"role": "user", "content": str(self.prompt)}]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    record_routing: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    id: str
+    text: str  # the generated text, special tokens removed
+    think: str | None  # the <think> trace, None if the model wrote none
+    answer: str  # the text after </think> (all of it when there is no trace)
+    intervention: str  # Intervention.fingerprint()
+    n_prompt_tokens: int
+    n_generated_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length"
+    routing: RoutingRecord | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], settings: GenerationSettings
+    ) -> list[GenerationResult]: ...

@@ -1,0 +1,214 @@
+"""Hugging Face transformers backend: the CPU reference for interventions and routing records.
+
+Loads a local model folder (never downloads), generates for a batch of requests in which every row
+may carry its own intervention, and returns per-request routing records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
+from harness.backends.hf_adapters import adapter_for, find_moe_blocks, spec_from_model
+from harness.backends.hf_hooks import RoutingController, StepCapture
+from harness.mote.records import RoutingRecord, Span
+from harness.mote.spec import ModelSpec
+from harness.think import generated_spans, prompt_opens_think, split_think
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFBackend:
+    """transformers generation with per-row MoTE interventions."""
+
+    name = "hf"
+
+    def __init__(
+        self, model_path: str | Path, *, dtype: str = "float32", batch_size: int = 16, device: str = "cpu"
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.model_path = Path(model_path)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model: Any = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=_DTYPES[dtype], local_files_only=True)
+        self.model: Any = model.to(self.device).eval()
+        family = str(self.model.config.model_type)
+        adapter = adapter_for(family)
+        self._spec = spec_from_model(self.model)
+        self.controller = RoutingController(find_moe_blocks(self.model, family), adapter.selection_ops)
+        self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def _on_forward(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        inputs = kwargs.get("input_ids")
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds", args[0] if args else None)
+        if isinstance(inputs, torch.Tensor):
+            self.controller.begin_step(int(inputs.shape[0]), int(inputs.shape[1]))
+
+    def prompt_text(self, request: GenerationRequest) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.model_path}: the tokenizer has no chat template")
+        text = self.tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True, tokenize=False)
+        return str(text)
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], settings: GenerationSettings
+    ) -> list[GenerationResult]:
+        """One result per request, in order. Batches of `batch_size` rows, each row its own intervention."""
+        for request in requests:
+            self._spec.check(request.intervention, f"request {request.id}")
+        prompts = [self.prompt_text(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))  # less padding per batch
+        results: dict[int, GenerationResult] = {}
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self._generate_batch([requests[i] for i in chunk], [prompts[i] for i in chunk], settings)
+            results.update(zip(chunk, batch, strict=True))
+        return [results[i] for i in range(len(requests))]
+
+    @torch.no_grad()
+    def prompt_logits(self, requests: Sequence[GenerationRequest]) -> list[torch.Tensor]:
+        """Logits [prompt tokens, vocab] of each prompt (one forward, padding removed), each row under
+        its own intervention. Used for likelihood scoring and for checking that hooks are exact."""
+        prompts = [self.prompt_text(r) for r in requests]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
+        self.controller.configure([r.intervention for r in requests], False, self.device)
+        try:
+            logits = self.model(**enc).logits
+        finally:
+            self.controller.reset()
+        mask = enc["attention_mask"].bool()
+        return [logits[row][mask[row]].float().cpu() for row in range(len(requests))]
+
+    @torch.no_grad()
+    def _generate_batch(
+        self, requests: Sequence[GenerationRequest], prompts: Sequence[str], settings: GenerationSettings
+    ) -> list[GenerationResult]:
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        self.controller.configure([r.intervention for r in requests], settings.record_routing, self.device)
+        sampling: dict[str, Any] = {"do_sample": False}
+        if settings.temperature > 0:
+            sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+            torch.manual_seed(settings.seed)
+        try:
+            output = self.model.generate(
+                **enc,
+                max_new_tokens=settings.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self._stop_ids(),
+                **sampling,
+            )
+            steps = self.controller.steps
+        finally:
+            self.controller.reset()
+        prompt_len = enc["input_ids"].shape[1]
+        results = []
+        for row, request in enumerate(requests):
+            results.append(
+                self._result(
+                    row,
+                    request,
+                    prompts[row],
+                    enc["attention_mask"][row],
+                    output[row, prompt_len:],
+                    steps,
+                    settings,
+                )
+            )
+        return results
+
+    def _stop_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = self.model.generation_config.eos_token_id
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif isinstance(configured, list):
+            ids.update(configured)
+        return sorted(i for i in ids if i is not None)
+
+    def _result(
+        self,
+        row: int,
+        request: GenerationRequest,
+        prompt: str,
+        attention: torch.Tensor,
+        generated: torch.Tensor,
+        steps: list[StepCapture],
+        settings: GenerationSettings,
+    ) -> GenerationResult:
+        tokens = generated.tolist()
+        stop = set(self._stop_ids())
+        n_gen = len(tokens)
+        finish = "length"
+        for i, tok in enumerate(tokens):
+            if tok in stop:
+                n_gen, finish = i + 1, "stop"
+                break
+        content = [t for t in tokens[:n_gen] if t not in stop and t != self.tokenizer.pad_token_id]
+        text = str(self.tokenizer.decode(content, skip_special_tokens=True))
+        think, answer = split_think(text)
+        routing = None
+        if settings.record_routing:
+            routing = self._record(row, prompt, attention, tokens[:n_gen], steps)
+        return GenerationResult(
+            id=request.id,
+            text=text,
+            think=think,
+            answer=answer,
+            intervention=request.intervention.fingerprint(),
+            n_prompt_tokens=int(attention.sum()),
+            n_generated_tokens=n_gen,
+            finish_reason=finish,
+            routing=routing,
+        )
+
+    def _record(
+        self, row: int, prompt: str, attention: torch.Tensor, generated: list[int], steps: list[StepCapture]
+    ) -> RoutingRecord:
+        """Routing of this row's real tokens: prompt (padding removed) then each generated token fed back."""
+        layers = self._spec.moe_layers
+        keep_prompt = attention.bool().cpu().numpy()
+        ids_parts: list[np.ndarray] = []
+        weight_parts: list[np.ndarray] = []
+        fed = max(len(generated) - 1, 0)  # the last sampled token is never routed
+        for step_index, step in enumerate(steps[: 1 + fed]):
+            rows, per_row = step.shape
+            ids = np.stack(
+                [step.layers[layer][0].view(rows, per_row, -1)[row].numpy() for layer in layers], axis=1
+            )
+            weights = np.stack(
+                [step.layers[layer][1].view(rows, per_row, -1)[row].numpy() for layer in layers], axis=1
+            )
+            if step_index == 0:
+                ids, weights = ids[keep_prompt], weights[keep_prompt]
+            ids_parts.append(ids)
+            weight_parts.append(weights)
+        pieces = [str(self.tokenizer.decode([t], skip_special_tokens=False)) for t in generated[:fed]]
+        spans = [Span.PROMPT] * int(keep_prompt.sum()) + generated_spans(pieces, prompt_opens_think(prompt))
+        return RoutingRecord(
+            topk_ids=np.concatenate(ids_parts).astype(np.int32),
+            topk_weights=np.concatenate(weight_parts).astype(np.float32),
+            layers=np.asarray(layers, dtype=np.int32),
+            span=np.asarray([int(s) for s in spans], dtype=np.int8),
+        )

@@ -1,0 +1,70 @@
+"""Prompt files: JSONL, one object a line with `id` and either `prompt` (string) or `messages`
+(chat list of {role, content})."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.backends.base import GenerationRequest
+from harness.errors import InputError
+from harness.mote.intervention import Intervention
+
+_ROLES = {"system", "user", "assistant"}
+
+
+def read_prompts(path: str | Path, intervention: Intervention | None = None) -> list[GenerationRequest]:
+    """Parse and validate the whole file before anything runs; errors name the line and field."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise InputError(path, "<file>", "a readable JSONL prompt file", str(err)) from None
+    intervention = intervention or Intervention.none()
+    requests: list[GenerationRequest] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(path, where, "a JSON object", f"invalid JSON: {err.msg}") from None
+        if not isinstance(obj, dict):
+            raise InputError(path, where, "a JSON object", type(obj).__name__)
+        raw_id = obj.get("id")
+        if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or str(raw_id) == "":
+            raise InputError(path, f"{where}: id", "a non-empty string or integer", raw_id)
+        rid = str(raw_id)
+        if rid in seen:
+            raise InputError(path, f"{where}: id", "ids unique within the file", rid)
+        seen.add(rid)
+        has_prompt, has_messages = "prompt" in obj, "messages" in obj
+        if has_prompt == has_messages:
+            raise InputError(path, where, "exactly one of 'prompt' or 'messages'")
+        if has_prompt:
+            if not isinstance(obj["prompt"], str):
+                raise InputError(path, f"{where}: prompt", "a string", obj["prompt"])
+            requests.append(GenerationRequest(id=rid, prompt=obj["prompt"], intervention=intervention))
+            continue
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise InputError(path, f"{where}: messages", "a non-empty list of {role, content}", messages)
+        for i, message in enumerate(messages):
+            ok = (
+                isinstance(message, dict)
+                and message.get("role") in _ROLES
+                and isinstance(message.get("content"), str)
+            )
+            if not ok:
+                raise InputError(
+                    path,
+                    f"{where}: messages[{i}]",
+                    f"an object with role in {sorted(_ROLES)} and string content",
+                    message,
+                )
+        requests.append(GenerationRequest(id=rid, messages=messages, intervention=intervention))
+    if not requests:
+        raise InputError(path, "<file>", "at least one prompt line")
+    return requests

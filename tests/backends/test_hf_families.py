@@ -1,0 +1,167 @@
+"""The intervention contract on a tiny random model of every supported family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from harness.backends.base import GenerationRequest, GenerationSettings
+from harness.backends.hf import HFBackend
+from harness.models.tiny import FAMILY_CONFIGS
+from harness.mote import Intervention
+
+FAMILIES = sorted(FAMILY_CONFIGS)
+PROMPT = "What happened in the city last year? Let me think about it step by step."
+SETTINGS = GenerationSettings(max_new_tokens=10, record_routing=True)
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_model_dir):
+    cache: dict[str, HFBackend] = {}
+
+    def get(family: str) -> HFBackend:
+        if family not in cache:
+            cache[family] = HFBackend(tiny_model_dir(family))
+        return cache[family]
+
+    return get
+
+
+def _interventions(backend: HFBackend) -> dict[str, Intervention]:
+    first, last = backend.spec.moe_layers[0], backend.spec.moe_layers[-1]
+    targets = {first: [0, 1], last: [2]}
+    return {
+        "drop": Intervention.suppress(targets, mode="drop"),
+        "mask": Intervention.suppress(targets, mode="mask"),
+        "stimulate": Intervention.stimulate({first: [3], last: [4]}),
+    }
+
+
+def _run(backend: HFBackend, interventions: list[Intervention], prompt: str = PROMPT):
+    requests = [
+        GenerationRequest(id=str(i), prompt=prompt, intervention=iv) for i, iv in enumerate(interventions)
+    ]
+    return backend.generate(requests, SETTINGS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_suppressed_experts_never_appear_in_recorded_topk(backends, family):
+    backend = backends(family)
+    ivs = _interventions(backend)
+    for name in ("drop", "mask"):
+        (result,) = _run(backend, [ivs[name]])
+        record = result.routing
+        assert record is not None and record.n_tokens > 5
+        for layer, experts in ivs[name].experts.to_mapping().items():
+            column = record.topk_ids[:, list(record.layers).index(layer)]
+            assert not np.isin(column, experts).any(), f"{name}: suppressed expert chosen in layer {layer}"
+        empty_slots = int((record.topk_ids == -1).sum())
+        assert (empty_slots > 0) if name == "drop" else (empty_slots == 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stimulated_experts_appear_for_every_token(backends, family):
+    backend = backends(family)
+    iv = _interventions(backend)["stimulate"]
+    (result,) = _run(backend, [iv])
+    record = result.routing
+    assert record is not None
+    for layer, experts in iv.experts.to_mapping().items():
+        column = record.topk_ids[:, list(record.layers).index(layer)]
+        for expert in experts:
+            assert (column == expert).any(axis=-1).all(), f"expert {expert} missing in layer {layer}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_drop_mode_keeps_each_tokens_weight_sum(backends, family):
+    """Weights after a drop sum to what the router's own normalisation gave the token: compared on
+    the first MoE layer's prompt tokens, whose inputs no intervention can have changed yet."""
+    backend = backends(family)
+    iv = _interventions(backend)["drop"]
+    base, dropped = _run(backend, [Intervention.none(), iv])
+    assert base.routing is not None and dropped.routing is not None
+    n_prompt = int((base.routing.span == 0).sum())
+    ids = dropped.routing.topk_ids[:n_prompt, 0]
+    before = base.routing.topk_weights[:n_prompt, 0].sum(-1)
+    after = dropped.routing.topk_weights[:n_prompt, 0].sum(-1)
+    touched = (ids == -1).any(-1) & (ids != -1).any(-1)
+    assert touched.any()
+    np.testing.assert_allclose(after[touched], before[touched], rtol=1e-5)
+    assert (dropped.routing.topk_weights[:n_prompt, 0][ids == -1] == 0).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_intervention_changes_the_output(backends, family):
+    backend = backends(family)
+    requests = [GenerationRequest(id="0", prompt=PROMPT)] + [
+        GenerationRequest(id=name, prompt=PROMPT, intervention=iv)
+        for name, iv in _interventions(backend).items()
+    ]
+    logits = backend.prompt_logits(requests)
+    for name, changed in zip(["drop", "mask", "stimulate"], logits[1:], strict=True):
+        assert not torch.allclose(changed, logits[0]), f"{name} left the logits unchanged"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_intervention_is_bit_identical_to_the_unpatched_model(backends, tiny_model_dir, family):
+    backend = backends(family)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir(family), dtype=torch.float32).eval()
+    enc = backend.tokenizer(
+        [backend.prompt_text(GenerationRequest(id="x", prompt=PROMPT))], return_tensors="pt"
+    )
+    with torch.no_grad():
+        expected = plain(**enc).logits[0]
+    (hooked,) = backend.prompt_logits([GenerationRequest(id="x", prompt=PROMPT)])
+    assert torch.equal(hooked, expected)
+    # recording on, no intervention: same tokens as the plain model's greedy decode
+    (result,) = _run(backend, [Intervention.none()])
+    with torch.no_grad():
+        plain_out = plain.generate(
+            **enc,
+            max_new_tokens=SETTINGS.max_new_tokens,
+            do_sample=False,
+            pad_token_id=backend.tokenizer.pad_token_id,
+            eos_token_id=backend._stop_ids(),
+        )
+    plain_text = backend.tokenizer.decode(
+        [t for t in plain_out[0, enc["input_ids"].shape[1] :].tolist() if t not in backend._stop_ids()],
+        skip_special_tokens=True,
+    )
+    assert result.text == plain_text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_batch_gives_each_row_its_solo_result(backends, family):
+    backend = backends(family)
+    ivs = [Intervention.none(), *_interventions(backend).values()]
+    batch = _run(backend, ivs)
+    for iv, row in zip(ivs, batch, strict=True):
+        (solo,) = _run(backend, [iv])
+        assert row.text == solo.text
+        assert row.intervention == iv.fingerprint()
+        assert row.routing is not None and solo.routing is not None
+        assert np.array_equal(row.routing.topk_ids, solo.routing.topk_ids)
+        assert np.array_equal(row.routing.span, solo.routing.span)
+
+
+def test_rows_of_different_lengths_are_routed_without_padding(backends):
+    backend = backends("qwen3_moe")
+    short, long = "Hi?", PROMPT + " And more words to make it longer than the other one."
+    batch = backend.generate(
+        [GenerationRequest(id="s", prompt=short), GenerationRequest(id="l", prompt=long)], SETTINGS
+    )
+    for prompt, row in zip((short, long), batch, strict=True):
+        (solo,) = backend.generate([GenerationRequest(id="x", prompt=prompt)], SETTINGS)
+        assert row.routing is not None and solo.routing is not None
+        assert row.n_prompt_tokens == solo.n_prompt_tokens == int((row.routing.span == 0).sum())
+        assert np.array_equal(row.routing.topk_ids, solo.routing.topk_ids)
+
+
+def test_unknown_architecture_error_lists_supported_families():
+    from harness.backends.hf_adapters import adapter_for
+    from harness.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"supported: .*deepseek_v3.*mixtral.*qwen3_moe"):
+        adapter_for("llama")

@@ -1,0 +1,77 @@
+"""The shared routing math, on hand-made tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.mote import Intervention
+from harness.mote.routing import build_layer_tables, drop_after_topk, edit_selection_scores, expand_rows
+
+INF = float("inf")
+
+
+def test_mask_sends_experts_to_minus_inf_and_force_to_plus_inf():
+    scores = torch.tensor([[0.125, 0.5, 0.25, 0.125]])
+    block = torch.tensor([[False, True, False, False]])
+    force = torch.tensor([[False, False, False, True]])
+    out = edit_selection_scores(scores, block, force)
+    assert out.tolist() == [[0.125, -INF, 0.25, INF]]
+    assert torch.topk(out, 2).indices.tolist() == [[3, 2]]  # forced first, next best fills
+
+
+def test_force_never_overrides_an_expert_the_family_already_excluded():
+    scores = torch.tensor([[-INF, 0.2, 0.1]])
+    force = torch.tensor([[True, False, False]])
+    assert edit_selection_scores(scores, None, force)[0, 0] == -INF
+
+
+def test_grouped_view_forced_expert_group_wins_and_masked_expert_never_lifts_group():
+    # 2 groups of 3; group score = sum of top-2 (DeepSeek-V3)
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.3, 0.2, 0.1]])
+    force = torch.zeros(1, 6, dtype=torch.bool)
+    force[0, 5] = True
+    grouped = edit_selection_scores(scores.view(1, 2, 3), None, force.view(1, 2, 3))
+    group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+    assert group_scores.argmax().item() == 1
+    block = torch.zeros(1, 6, dtype=torch.bool)
+    block[0, :2] = True  # the two experts that made group 0 strong
+    grouped = edit_selection_scores(scores.view(1, 2, 3), block.view(1, 2, 3), None)
+    group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+    assert group_scores[0, 0] == -INF
+
+
+def test_drop_zeroes_dropped_weights_and_rescales_rest_to_original_sum():
+    ids = torch.tensor([[0, 2], [1, 3], [2, 0]])
+    weights = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.5, 0.5]]) * 2.5  # a scaled router
+    drop = torch.zeros(3, 4, dtype=torch.bool)
+    drop[:, 2] = True
+    new, dropped = drop_after_topk(ids, weights, drop)
+    assert dropped.tolist() == [[False, True], [False, False], [True, False]]
+    assert torch.allclose(new.sum(-1), weights.sum(-1))
+    assert new[0, 1] == 0 and new[2, 0] == 0
+    assert torch.equal(new[1], weights[1])  # untouched token keeps its weights bit for bit
+
+
+def test_drop_of_every_selected_expert_leaves_zero_weight():
+    ids = torch.tensor([[0, 1]])
+    new, dropped = drop_after_topk(ids, torch.tensor([[0.5, 0.5]]), torch.ones(1, 2, dtype=torch.bool))
+    assert new.tolist() == [[0.0, 0.0]] and dropped.all()
+
+
+def test_tables_give_each_row_its_own_flags():
+    rows = [
+        Intervention.none(),
+        Intervention.suppress({1: [2]}, mode="drop"),
+        Intervention.suppress({1: [3]}, mode="mask"),
+        Intervention.stimulate({2: [0]}),
+    ]
+    tables = build_layer_tables(rows, {1: 4, 2: 4})
+    assert tables[1].drop is not None and tables[1].drop[:, 2].tolist() == [False, True, False, False]
+    assert tables[1].block is not None and tables[1].block[:, 3].tolist() == [False, False, True, False]
+    assert tables[2].force is not None and tables[2].force[:, 0].tolist() == [False, False, False, True]
+    assert tables[1].force is None and 0 not in tables
+
+
+def test_expand_rows_repeats_each_row_for_its_tokens():
+    table = torch.tensor([[True, False], [False, True]])
+    assert expand_rows(table, 6).tolist() == [[True, False]] * 3 + [[False, True]] * 3
