@@ -44,7 +44,9 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model: Any = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=_DTYPES[dtype], local_files_only=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(model_path), dtype=_DTYPES[dtype], local_files_only=True
+        )
         self.model: Any = model.to(self.device).eval()
         family = str(self.model.config.model_type)
         adapter = adapter_for(family)
