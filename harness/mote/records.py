@@ -79,10 +79,10 @@ class RoutingRecord:
 def count_map(topk_ids: np.ndarray, n_experts: int) -> np.ndarray:
     """[tokens, L, k] ids (-1 ignored) -> int64 counts [L, n_experts] of tokens routed to each expert."""
     n_layers = topk_ids.shape[1]
-    out = np.zeros((n_layers, n_experts), dtype=np.int64)
     if topk_ids.size == 0:
-        return out
-    layer_idx = np.broadcast_to(np.arange(n_layers)[None, :, None], topk_ids.shape)
-    valid = topk_ids >= 0
-    np.add.at(out, (layer_idx[valid], topk_ids[valid]), 1)
-    return out
+        return np.zeros((n_layers, n_experts), dtype=np.int64)
+    # One bincount over keys layer * (E + 1) + (id + 1): a dropped slot (-1) lands in its layer's bin 0.
+    offsets = (np.arange(n_layers, dtype=np.int32) * (n_experts + 1) + 1)[None, :, None]
+    keys = topk_ids.astype(np.int32, copy=False) + offsets
+    counts = np.bincount(keys.ravel(), minlength=n_layers * (n_experts + 1))
+    return counts.reshape(n_layers, n_experts + 1)[:, 1:].astype(np.int64, copy=False)
