@@ -18,10 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from harness import ftri  # noqa: E402
-from harness.mote.records import count_map  # noqa: E402
+from harness import ftri
+from harness.mote.records import count_map
 
 LAYERS, EXPERTS, TOP_K = 58, 256, 8
 
