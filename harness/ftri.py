@@ -84,9 +84,7 @@ class FtriResult:
         return self.rows()
 
     def top(self, k: int) -> ExpertSet:
-        return ExpertSet(
-            tuple(zip(self.ranked_layers[:k].tolist(), self.ranked_experts[:k].tolist(), strict=True))
-        )
+        return ExpertSet(tuple(zip(self.ranked_layers[:k].tolist(), self.ranked_experts[:k].tolist(), strict=True)))
 
     def intervention(self, k: int, mode: Mode = "drop") -> Intervention:
         return Intervention(

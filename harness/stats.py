@@ -142,9 +142,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(x) for x in out]
 
 
-def score_change(
-    base: Mapping[str, float | None], cond: Mapping[str, float | None]
-) -> tuple[Estimate, Estimate]:
+def score_change(base: Mapping[str, float | None], cond: Mapping[str, float | None]) -> tuple[Estimate, Estimate]:
     """Paired score change (cond - base; e.g. MT-Bench) as (mean difference with a t interval,
     Wilcoxon signed-rank p)."""
     ids = sorted(i for i in set(base) & set(cond) if base[i] is not None and cond[i] is not None)

@@ -44,9 +44,7 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(model_path), dtype=_DTYPES[dtype], local_files_only=True
-        )
+        model: Any = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=_DTYPES[dtype], local_files_only=True)
         self.model: Any = model.to(self.device).eval()
         family = str(self.model.config.model_type)
         adapter = adapter_for(family)
@@ -71,9 +69,7 @@ class HFBackend:
         text = self.tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True, tokenize=False)
         return str(text)
 
-    def generate(
-        self, requests: Sequence[GenerationRequest], settings: GenerationSettings
-    ) -> list[GenerationResult]:
+    def generate(self, requests: Sequence[GenerationRequest], settings: GenerationSettings) -> list[GenerationResult]:
         """One result per request, in order. Batches of `batch_size` rows, each row its own intervention."""
         for request in requests:
             self._spec.check(request.intervention, f"request {request.id}")
@@ -91,9 +87,7 @@ class HFBackend:
         """Logits [prompt tokens, vocab] of each prompt (one forward, padding removed), each row under
         its own intervention. Used for likelihood scoring and for checking that hooks are exact."""
         prompts = [self.prompt_text(r) for r in requests]
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            self.device
-        )
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         self.controller.configure([r.intervention for r in requests], False, self.device)
         try:
             logits = self.model(**enc).logits
@@ -196,12 +190,8 @@ class HFBackend:
         fed = max(len(generated) - 1, 0)  # the last sampled token is never routed
         for step_index, step in enumerate(steps[: 1 + fed]):
             rows, per_row = step.shape
-            ids = np.stack(
-                [step.layers[layer][0].view(rows, per_row, -1)[row].numpy() for layer in layers], axis=1
-            )
-            weights = np.stack(
-                [step.layers[layer][1].view(rows, per_row, -1)[row].numpy() for layer in layers], axis=1
-            )
+            ids = np.stack([step.layers[layer][0].view(rows, per_row, -1)[row].numpy() for layer in layers], axis=1)
+            weights = np.stack([step.layers[layer][1].view(rows, per_row, -1)[row].numpy() for layer in layers], axis=1)
             if step_index == 0:
                 ids, weights = ids[keep_prompt], weights[keep_prompt]
             ids_parts.append(ids)

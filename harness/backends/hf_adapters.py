@@ -67,9 +67,7 @@ FAMILIES: dict[str, FamilyAdapter] = {
         "topk over biased logits -> softmax over the k selected",
         "router has a bias; use_kernels=True would replace the block wholesale and is refused",
     ),
-    "granitemoe": FamilyAdapter(
-        "block_sparse_moe", "router", "topk over logits -> softmax over the k selected"
-    ),
+    "granitemoe": FamilyAdapter("block_sparse_moe", "router", "topk over logits -> softmax over the k selected"),
     "granitemoeshared": FamilyAdapter(
         "block_sparse_moe", "router", "as granitemoe", "a shared MLP beside the block (layer.shared_mlp)"
     ),
@@ -132,9 +130,7 @@ def find_moe_blocks(model: nn.Module, model_type: str) -> list[MoEBlock]:
         assert isinstance(block, nn.Module)
         blocks.append(MoEBlock(index, block, router, experts, int(weight.shape[0])))
     if not blocks:
-        raise UnsupportedModelError(
-            f"{model_type}: no MoE block found under model.layers[*].{adapter.block_attr}"
-        )
+        raise UnsupportedModelError(f"{model_type}: no MoE block found under model.layers[*].{adapter.block_attr}")
     return blocks
 
 

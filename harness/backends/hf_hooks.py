@@ -170,9 +170,7 @@ class RoutingController:
         block.router.forward = routed_forward
         names = _experts_arg_names(block.experts)
         self._handles.append(
-            block.experts.register_forward_pre_hook(
-                self._experts_pre_hook(block.layer, names), with_kwargs=True
-            )
+            block.experts.register_forward_pre_hook(self._experts_pre_hook(block.layer, names), with_kwargs=True)
         )
 
     def _experts_pre_hook(self, layer: int, names: tuple[str, str, str]) -> Callable[..., Any]:

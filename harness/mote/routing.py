@@ -50,20 +50,12 @@ def build_layer_tables(
     for row, intervention in enumerate(interventions):
         if intervention.is_none:
             continue
-        which = (
-            "force"
-            if intervention.kind == "stimulate"
-            else "block"
-            if intervention.mode == "mask"
-            else "drop"
-        )
+        which = "force" if intervention.kind == "stimulate" else "block" if intervention.mode == "mask" else "drop"
         for layer, expert in intervention.experts:
             if layer not in n_experts:
                 raise ValueError(f"layer {layer} is not an MoE layer of this model")
             if expert >= n_experts[layer]:
-                raise ValueError(
-                    f"expert {expert} out of range for layer {layer} ({n_experts[layer]} experts)"
-                )
+                raise ValueError(f"expert {expert} out of range for layer {layer} ({n_experts[layer]} experts)")
             table = flags.setdefault(layer, {}).get(which)
             if table is None:
                 table = torch.zeros(rows, n_experts[layer], dtype=torch.bool, device=device)
@@ -82,9 +74,17 @@ def expand_rows(table: torch.Tensor, n_tokens: int) -> torch.Tensor:
     return table.repeat_interleave(n_tokens // rows, dim=0)
 
 
-def edit_selection_scores(
-    scores: torch.Tensor, block: torch.Tensor | None, force: torch.Tensor | None
-) -> torch.Tensor:
+def rows_for_tokens(table: torch.Tensor, row_of_token: torch.Tensor) -> torch.Tensor:
+    """[rows, E] -> [tokens, E] for tokens packed in any layout: token t belongs to row `row_of_token[t]`.
+
+    vLLM packs each step's requests back to back with different lengths (prefill chunks and single
+    decode tokens mixed), so an even split (`expand_rows`) does not apply; the engine gives each
+    token's row instead.
+    """
+    return table.index_select(0, row_of_token.to(device=table.device, dtype=torch.long))
+
+
+def edit_selection_scores(scores: torch.Tensor, block: torch.Tensor | None, force: torch.Tensor | None) -> torch.Tensor:
     """Scores with blocked experts at -inf and forced experts at +inf.
 
     `block`/`force` are bool and broadcastable to `scores` (per token [T, E], or reshaped like a

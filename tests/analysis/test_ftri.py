@@ -68,9 +68,7 @@ def test_ties_are_broken_by_layer_then_expert():
 def test_bootstrap_stability_is_high_for_a_clear_signal_and_reproducible():
     prompts = _synthetic()
     first = ftri.bootstrap_stability(prompts, LAYERS, "refused", "answered", k=3, n_resamples=30, seed=1)
-    assert first == ftri.bootstrap_stability(
-        prompts, LAYERS, "refused", "answered", k=3, n_resamples=30, seed=1
-    )
+    assert first == ftri.bootstrap_stability(prompts, LAYERS, "refused", "answered", k=3, n_resamples=30, seed=1)
     assert first["jaccard_mean"] == pytest.approx(1.0)
 
 

@@ -40,9 +40,7 @@ def _interventions(backend: HFBackend) -> dict[str, Intervention]:
 
 
 def _run(backend: HFBackend, interventions: list[Intervention], prompt: str = PROMPT):
-    requests = [
-        GenerationRequest(id=str(i), prompt=prompt, intervention=iv) for i, iv in enumerate(interventions)
-    ]
+    requests = [GenerationRequest(id=str(i), prompt=prompt, intervention=iv) for i, iv in enumerate(interventions)]
     return backend.generate(requests, SETTINGS)
 
 
@@ -96,8 +94,7 @@ def test_drop_mode_keeps_each_tokens_weight_sum(backends, family):
 def test_every_intervention_changes_the_output(backends, family):
     backend = backends(family)
     requests = [GenerationRequest(id="0", prompt=PROMPT)] + [
-        GenerationRequest(id=name, prompt=PROMPT, intervention=iv)
-        for name, iv in _interventions(backend).items()
+        GenerationRequest(id=name, prompt=PROMPT, intervention=iv) for name, iv in _interventions(backend).items()
     ]
     logits = backend.prompt_logits(requests)
     for name, changed in zip(["drop", "mask", "stimulate"], logits[1:], strict=True):
@@ -108,9 +105,7 @@ def test_every_intervention_changes_the_output(backends, family):
 def test_no_intervention_is_bit_identical_to_the_unpatched_model(backends, tiny_model_dir, family):
     backend = backends(family)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir(family), dtype=torch.float32).eval()
-    enc = backend.tokenizer(
-        [backend.prompt_text(GenerationRequest(id="x", prompt=PROMPT))], return_tensors="pt"
-    )
+    enc = backend.tokenizer([backend.prompt_text(GenerationRequest(id="x", prompt=PROMPT))], return_tensors="pt")
     with torch.no_grad():
         expected = plain(**enc).logits[0]
     (hooked,) = backend.prompt_logits([GenerationRequest(id="x", prompt=PROMPT)])

@@ -42,15 +42,10 @@ def _args(model, prompts, out, *extra):
     ]
 
 
-def test_generate_writes_generations_and_routing_records_that_honour_the_intervention(
-    tiny_model_dir, files, tmp_path
-):
+def test_generate_writes_generations_and_routing_records_that_honour_the_intervention(tiny_model_dir, files, tmp_path):
     prompts, iv = files
     out = tmp_path / "out"
-    assert (
-        main(_args(tiny_model_dir("qwen3_moe"), prompts, out, "--intervention", str(iv), "--record-routing"))
-        == 0
-    )
+    assert main(_args(tiny_model_dir("qwen3_moe"), prompts, out, "--intervention", str(iv), "--record-routing")) == 0
     lines = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert [line["id"] for line in lines] == ["a", "b"]
     fingerprint = Intervention.suppress({0: [1], 2: [3, 4]}).fingerprint()

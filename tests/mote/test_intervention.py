@@ -28,9 +28,7 @@ def test_suppress_defaults_to_drop_mode():
 
 def test_fingerprint_is_stable_and_ignores_labels():
     a = Intervention.suppress({3: [17, 5], 7: [2]})
-    b = Intervention(
-        kind="suppress", mode="drop", experts=ExpertSet(((7, 2), (3, 5), (3, 17))), name="x", seed=4
-    )
+    b = Intervention(kind="suppress", mode="drop", experts=ExpertSet(((7, 2), (3, 5), (3, 17))), name="x", seed=4)
     assert a.fingerprint() == b.fingerprint() == "suppress-drop-" + a.fingerprint().split("-")[-1]
     assert len(a.fingerprint().split("-")[-1]) == 12
     assert a.fingerprint() != Intervention.suppress({3: [5, 17], 7: [2]}, mode="mask").fingerprint()
@@ -43,9 +41,7 @@ def test_fingerprint_is_a_fixed_value_across_sessions():
 
 
 def test_save_then_load_round_trips(tmp_path):
-    iv = Intervention(
-        kind="suppress", mode="mask", experts=ExpertSet(((1, 2),)), name="t", provenance={"from": "ftri"}
-    )
+    iv = Intervention(kind="suppress", mode="mask", experts=ExpertSet(((1, 2),)), name="t", provenance={"from": "ftri"})
     for suffix in (".yaml", ".json"):
         back = load_intervention(save_intervention(iv, tmp_path / f"iv{suffix}"))
         assert back == iv

@@ -1,0 +1,508 @@
+"""`harness run`: discovery (fTRI), every condition, judging and statistics for one suite.
+
+The one place that wires backends, judges, fTRI and statistics together. Every sample and label is
+appended to the run folder as soon as its batch finishes, so `--resume` continues after a crash
+without losing, duplicating or re-judging anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from harness import ftri
+from harness.backends.base import Backend, GenerationRequest, GenerationResult, GenerationSettings
+from harness.errors import InputError
+from harness.metrics import Condition, language_rows, qa_rows, refusal_rows
+from harness.mote.experts import ExpertSet
+from harness.mote.intervention import Intervention, Mode, load_intervention, save_intervention
+from harness.mote.random_baseline import random_intervention_like
+from harness.mote.records import Span
+from harness.mote.spec import ModelSpec
+from harness.store import RunStore, label_key, provenance, sample_key
+from harness.suite import Suite
+from harness.summary import MetricRow, write_summary
+from harness.taskdata import TaskPrompt, load_task_prompts
+
+SCHEMA_VERSION = 1
+DISCOVERY = "discovery"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    task: str
+    condition: Condition
+    prompt: TaskPrompt
+
+    def request(self) -> GenerationRequest:
+        p = self.prompt
+        return GenerationRequest(
+            id=p.id, prompt=p.prompt, messages=p.messages, intervention=self.condition.intervention
+        )
+
+
+class Runner:
+    def __init__(
+        self,
+        suite: Suite,
+        suite_path: Path,
+        run_dir: Path,
+        resume: bool = False,
+        backend_factory: Callable[[Path, Suite], Backend] | None = None,
+    ) -> None:
+        self.suite = suite
+        self.suite_path = suite_path
+        self.store = RunStore(run_dir)
+        self.resume = resume
+        self._backend_factory = backend_factory or _hf_backend
+        self._backend: Backend | None = None
+        self.model_path = _resolve_model(suite, suite_path)
+        self.spec = self._inspect()
+        self.prompts = {t.name: load_task_prompts(t, suite_path) for t in suite.tasks}
+        self.targeted_file = self._load_targeted_file()
+        self._check_inputs()
+
+    # -- set-up: every check before any model loads -------------------------------------------
+    def _inspect(self) -> ModelSpec:
+        from harness.backends.hf_adapters import inspect_model
+
+        return inspect_model(self.model_path)
+
+    def _load_targeted_file(self) -> Intervention | None:
+        targeted = self.suite.conditions.targeted
+        if targeted is None or targeted.intervention is None:
+            return None
+        intervention = load_intervention(targeted.intervention)
+        self.spec.check(intervention, targeted.intervention)
+        return intervention
+
+    def _check_inputs(self) -> None:
+        ftri_spec = self.suite.ftri
+        if ftri_spec is not None and ftri_spec.exclude:
+            self.spec.check(Intervention.suppress(ftri_spec.excluded), f"{self.suite_path}: ftri.exclude")
+        stim = self.suite.conditions.stimulate
+        if stim is not None and isinstance(stim.experts, dict):
+            self.spec.check(Intervention.stimulate(stim.experts), f"{self.suite_path}: conditions.stimulate.experts")
+        split = self.suite.evaluation.split
+        for task in self.suite.tasks:
+            if not any(p.in_split(split) for p in self.prompts[task.name]):
+                raise InputError(self.suite_path, f"tasks.{task.name}", f"prompts in the {split!r} split")
+        if ftri_spec is not None and not any(p.in_split(ftri_spec.split) for p in self.prompts[ftri_spec.task]):
+            raise InputError(self.suite_path, "ftri.split", f"prompts of task {ftri_spec.task!r} in that split")
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._backend_factory(self.model_path, self.suite)
+        return self._backend
+
+    def _open_store(self) -> None:
+        root = self.store.root
+        suite_dump = self.suite.model_dump(mode="json")
+        if self.resume:
+            if not (root / "run.json").exists():
+                raise InputError(root, "run.json", "a run folder to resume (made by harness run)")
+            previous = self.store.read_json("run.json")
+            if previous.get("suite") != suite_dump:
+                raise InputError(root / "run.json", "suite", "the same suite as the interrupted run")
+            self.store.repair()
+            return
+        if root.exists() and any(root.iterdir()):
+            raise InputError(root, "<folder>", "a new run folder (use --resume to continue this one)")
+        root.mkdir(parents=True, exist_ok=True)
+        self.store.write_json(
+            "run.json",
+            {
+                "schema_version": SCHEMA_VERSION,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "suite_file": str(self.suite_path),
+                "suite": suite_dump,
+                "model_spec": {
+                    "family": self.spec.family,
+                    "moe_layers": list(self.spec.moe_layers),
+                    "n_experts": self.spec.n_experts,
+                    "top_k": self.spec.top_k,
+                },
+                **provenance(self.model_path),
+            },
+        )
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> list[MetricRow]:
+        self._open_store()
+        excluded = self.suite.ftri.excluded if self.suite.ftri else ExpertSet()
+        ranking: ftri.FtriResult | None = None
+        if self.suite.ftri is not None:
+            ranking = self._discover()
+            excluded = ranking.excluded
+        conditions = self._conditions(ranking, excluded)
+        self._record_conditions(conditions)
+        split = self.suite.evaluation.split
+        work = [
+            WorkItem(task.name, cond, p)
+            for task in self.suite.tasks
+            for cond in conditions
+            for p in self.prompts[task.name]
+            if p.in_split(split)
+        ]
+        self._generate(work, "evaluate", record=False)
+        self._judge(work, "judge")
+        rows = self._summarise(conditions)
+        write_summary(rows, self.store.root / "summary.json")
+        from harness.leaderboard import leaderboard_markdown
+
+        self.store.write_text("leaderboard.md", leaderboard_markdown(rows, self.suite, ranking))
+        return rows
+
+    # -- discovery ----------------------------------------------------------------------------
+    def _discover(self) -> ftri.FtriResult:
+        spec = self.suite.ftri
+        assert spec is not None
+        none = Condition(DISCOVERY, "baseline", Intervention.none())
+        work = [WorkItem(spec.task, none, p) for p in self.prompts[spec.task] if p.in_split(spec.split)]
+        self._generate(work, "discover", record=True)
+        self._judge(work, "judge discovery")
+        labels = self._labels()
+        judge = self.suite.task(spec.task).judge_name
+        counts = self._discovery_counts()
+        prompts: list[ftri.PromptCounts] = []
+        unscored = 0
+        for item in work:
+            label = labels.get((spec.task, DISCOVERY, item.prompt.id, judge))
+            if label is None or label == "unscored":
+                unscored += 1
+                continue
+            if label in spec.target:
+                cls = "target"
+            elif spec.other is None or label in spec.other:
+                cls = "other"
+            else:
+                continue
+            map_, tokens = counts[item.prompt.id]
+            prompts.append(ftri.PromptCounts(map_, tokens, cls))
+        n_target = sum(p.label == "target" for p in prompts)
+        if n_target == 0 or n_target == len(prompts):
+            raise RuntimeError(
+                f"fTRI needs both classes on the {spec.split} split of {spec.task!r}: {n_target} of {len(prompts)} "
+                f"judged prompts are {spec.target} ({unscored} unscored)"
+            )
+        layers = list(self.spec.moe_layers)
+        result = ftri.rank(prompts, layers, "target", "other", spec.score, spec.excluded, spec.always_on_threshold)
+        if spec.bootstrap:
+            stability = ftri.bootstrap_stability(
+                prompts,
+                layers,
+                "target",
+                "other",
+                spec.k,
+                spec.score,
+                spec.excluded,
+                spec.always_on_threshold,
+                n_resamples=spec.bootstrap,
+                seed=self.suite.seed,
+            )
+            result = ftri.FtriResult(**{**result.__dict__, "stability": stability})
+        self._write_ftri(result, unscored)
+        return result
+
+    def _write_ftri(self, result: ftri.FtriResult, unscored: int) -> None:
+        spec = self.suite.ftri
+        assert spec is not None
+        intervention = result.intervention(spec.k, mode=_primary_mode(self.suite))
+        intervention = intervention.model_copy(
+            update={
+                "provenance": {
+                    **intervention.provenance,
+                    "span": spec.span,
+                    "task": spec.task,
+                    "split": spec.split,
+                    "target_labels": spec.target,
+                    "run": self.store.root.name,
+                }
+            }
+        )
+        save_intervention(intervention, self.store.root / "experts.yaml")
+        self.store.write_json(
+            "ftri.json",
+            {
+                "schema_version": SCHEMA_VERSION,
+                "task": spec.task,
+                "split": spec.split,
+                "span": spec.span,
+                "score": spec.score,
+                "k": spec.k,
+                "classes": {"target": spec.target, "other": spec.other or "every other scored label"},
+                "n_prompts": result.n_prompts,
+                "n_tokens": result.n_tokens,
+                "unscored": unscored,
+                "excluded": result.excluded.to_mapping(),
+                "stability": result.stability,
+                "top": [r.__dict__ for r in result.rows(max(50, spec.k))],
+            },
+        )
+
+    def _discovery_counts(self) -> dict[str, tuple[np.ndarray, int]]:
+        """Per prompt of the discovery run: counts [moe_layers, n_experts] of the fTRI span, tokens."""
+        spec = self.suite.ftri
+        assert spec is not None
+        spans = {
+            "prompt": [Span.PROMPT],
+            "think": [Span.THINK],
+            "answer": [Span.ANSWER],
+            "generated": [Span.THINK, Span.ANSWER],
+            "all": [Span.PROMPT, Span.THINK, Span.ANSWER],
+        }[spec.span]
+        out: dict[str, tuple[np.ndarray, int]] = {}
+        for chunk in sorted(self.store.routing_dir.glob("discovery-*.npz")):
+            with np.load(chunk) as data:
+                for i, pid in enumerate(data["ids"].tolist()):
+                    counts = sum(data[f"counts_{s.name.lower()}"][i] for s in spans)
+                    tokens = int(sum(data[f"tokens_{s.name.lower()}"][i] for s in spans))
+                    out[str(pid)] = (np.asarray(counts), tokens)
+        return out
+
+    # -- conditions -----------------------------------------------------------------------------
+    def _conditions(self, ranking: ftri.FtriResult | None, excluded: ExpertSet) -> list[Condition]:
+        cfg = self.suite.conditions
+        out: list[Condition] = []
+        if cfg.baseline:
+            out.append(Condition("baseline", "baseline", Intervention.none()))
+        targeted: dict[str, Intervention] = {}
+        targeted_modes: list[Mode] = list(cfg.targeted.modes) if cfg.targeted is not None else []
+        if cfg.targeted is not None:
+            for i, mode in enumerate(cfg.targeted.modes):
+                if self.targeted_file is not None:
+                    experts = self.targeted_file.experts
+                else:
+                    assert ranking is not None and self.suite.ftri is not None
+                    experts = ranking.top(self.suite.ftri.k)
+                iv = Intervention(kind="suppress", mode=mode, experts=experts, name=f"targeted-{mode}")
+                targeted[mode] = iv
+                out.append(Condition("targeted" if i == 0 else f"targeted:{mode}", "targeted", iv, mode=mode))
+        if cfg.random is not None and targeted:
+            modes: list[Mode] = cfg.random.modes or list(targeted_modes)
+            for mode in modes:
+                base = targeted.get(mode) or next(iter(targeted.values())).model_copy(update={"mode": mode})
+                prefix = "random" if mode == "drop" else f"random:{mode}"
+                for seed in range(cfg.random.first_seed, cfg.random.first_seed + cfg.random.seeds):
+                    iv = random_intervention_like(base, seed, self.spec.n_experts, exclude=excluded)
+                    out.append(Condition(f"{prefix}:seed={seed}", "random", iv, mode=mode, seed=seed))
+        if cfg.stimulate is not None:
+            experts = self._stimulate_experts(cfg.stimulate.experts, ranking, targeted)
+            out.append(Condition("stimulate", "stimulate", Intervention.stimulate(experts)))
+        if cfg.k_sweep is not None:
+            if ranking is None:
+                raise InputError(self.suite_path, "conditions.k_sweep", "an ftri step to rank experts for the sweep")
+            for k in cfg.k_sweep.ks:
+                iv = Intervention(kind="suppress", mode=cfg.k_sweep.mode, experts=ranking.top(k), name=f"top{k}")
+                out.append(Condition(f"k_sweep:k={k}", "k_sweep", iv, mode=cfg.k_sweep.mode, k=k))
+                for seed in range(cfg.k_sweep.random_seeds):
+                    rnd = random_intervention_like(iv, seed, self.spec.n_experts, exclude=excluded)
+                    out.append(
+                        Condition(
+                            f"k_sweep:k={k}:random:seed={seed}",
+                            "k_sweep_random",
+                            rnd,
+                            mode=cfg.k_sweep.mode,
+                            seed=seed,
+                            k=k,
+                        )
+                    )
+        return out
+
+    def _stimulate_experts(
+        self,
+        chosen: str | dict[int, list[int]],
+        ranking: ftri.FtriResult | None,
+        targeted: dict[str, Intervention],
+    ) -> ExpertSet:
+        if isinstance(chosen, dict):
+            return ExpertSet.from_mapping(chosen)
+        if ranking is not None and self.suite.ftri is not None:
+            ordered = [(r.layer, r.expert) for r in ranking.rows(self.suite.ftri.k)]
+        elif targeted:
+            ordered = list(next(iter(targeted.values())).experts)
+        else:
+            raise InputError(self.suite_path, "conditions.stimulate", "targeted experts (an ftri step or a file)")
+        per_layer: dict[int, int] = {}
+        kept = []
+        for layer, expert in ordered:  # at most top_k forced experts per layer, best-ranked first
+            if per_layer.get(layer, 0) < self.spec.top_k:
+                kept.append((layer, expert))
+                per_layer[layer] = per_layer.get(layer, 0) + 1
+        return ExpertSet(tuple(kept))
+
+    def _record_conditions(self, conditions: Sequence[Condition]) -> None:
+        self.store.write_json(
+            "conditions.json",
+            [
+                {
+                    "name": c.name,
+                    "family": c.family,
+                    "mode": c.mode,
+                    "seed": c.seed,
+                    "k": c.k,
+                    "fingerprint": c.intervention.fingerprint(),
+                    "intervention": c.intervention.to_file_dict(),
+                }
+                for c in conditions
+            ],
+        )
+
+    # -- generation -----------------------------------------------------------------------------
+    def _settings(self, record: bool) -> GenerationSettings:
+        g = self.suite.generation
+        return GenerationSettings(
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            seed=g.seed,
+            record_routing=record,
+        )
+
+    def _generate(self, work: Sequence[WorkItem], what: str, record: bool) -> None:
+        # Routing chunks are written before their samples, so a sample on disk always has its routing.
+        done = {sample_key(r) for r in self.store.records(self.store.samples_file)}
+        todo = [w for w in work if (w.task, w.condition.name, w.prompt.id) not in done]
+        if not todo:
+            return
+        settings = self._settings(record)
+        chunk_size = self.suite.generation.batch_size * 4
+        with tqdm(total=len(work), initial=len(work) - len(todo), desc=what, unit="sample") as bar:
+            for start in range(0, len(todo), chunk_size):
+                chunk = todo[start : start + chunk_size]
+                results = self.backend.generate([w.request() for w in chunk], settings)
+                if record:
+                    self._save_routing(chunk, results)
+                self.store.append(self.store.samples_file, [_sample(w, r) for w, r in zip(chunk, results, strict=True)])
+                bar.update(len(chunk))
+
+    def _save_routing(self, chunk: Sequence[WorkItem], results: Sequence[GenerationResult]) -> None:
+        n_experts = max(self.spec.n_experts.values())
+        arrays: dict[str, Any] = {"ids": np.array([w.prompt.id for w in chunk])}
+        for span in Span:
+            name = span.name.lower()
+            arrays[f"counts_{name}"] = np.stack([r.routing.counts(n_experts, span) for r in results if r.routing])
+            arrays[f"tokens_{name}"] = np.array([int((r.routing.span == span).sum()) for r in results if r.routing])
+        self.store.routing_dir.mkdir(parents=True, exist_ok=True)
+        index = len(list(self.store.routing_dir.glob("discovery-*.npz")))
+        np.savez_compressed(self.store.routing_dir / f"discovery-{index:05d}.npz", **arrays)
+
+    # -- judging --------------------------------------------------------------------------------
+    def _labels(self) -> dict[tuple[str, str, str, str], str]:
+        return {label_key(r): r["label"] for r in self.store.records(self.store.labels_file)}
+
+    def _judge(self, work: Sequence[WorkItem], what: str) -> None:
+        from harness.judging import JudgeSet
+
+        samples = {sample_key(r): r for r in self.store.records(self.store.samples_file)}
+        done = set(self._labels())
+        judges = JudgeSet(self.suite, self.store.root / "judge-cache.sqlite")
+        pending = []
+        for w in work:
+            task = self.suite.task(w.task)
+            for judge in judges.judges_for(task, w.prompt):
+                if (w.task, w.condition.name, w.prompt.id, judge) not in done:
+                    pending.append((w, judge))
+        if not pending:
+            return
+        batch = 256
+        with tqdm(total=len(pending), desc=what, unit="label") as bar:
+            for start in range(0, len(pending), batch):
+                chunk = pending[start : start + batch]
+                records = judges.judge(
+                    [
+                        (
+                            w.task,
+                            w.condition.name,
+                            w.prompt,
+                            samples[(w.task, w.condition.name, w.prompt.id)],
+                            judge,
+                        )
+                        for w, judge in chunk
+                    ]
+                )
+                self.store.append(self.store.labels_file, records)
+                bar.update(len(chunk))
+
+    # -- statistics -----------------------------------------------------------------------------
+    def _summarise(self, conditions: Sequence[Condition]) -> list[MetricRow]:
+        labels = self._labels()
+        split = self.suite.evaluation.split
+        rows: list[MetricRow] = []
+        for task in self.suite.tasks:
+            prompts = [p for p in self.prompts[task.name] if p.in_split(split)]
+            judge = task.judge_name
+            if task.type == "refusal":
+                rows += refusal_rows(
+                    task.name,
+                    judge,
+                    prompts,
+                    conditions,
+                    labels,
+                    self.suite.bootstrap_resamples,
+                    self.suite.seed,
+                )
+            elif task.type == "language":
+                rows += language_rows(task.name, judge, prompts, conditions, labels)
+            else:
+                rows += qa_rows(task.name, judge, prompts, conditions, labels)
+        if self.suite.evaluation.allow_discovery_overlap:
+            rows = [
+                r.model_copy(update={"note": ((r.note or "") + " [evaluated on discovery prompts]").strip()})
+                for r in rows
+            ]
+        return rows
+
+
+def _sample(item: WorkItem, result: GenerationResult) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": item.task,
+        "condition": item.condition.name,
+        "id": item.prompt.id,
+        "intervention": result.intervention,
+        "text": result.text,
+        "think": result.think,
+        "answer": result.answer,
+        "n_prompt_tokens": result.n_prompt_tokens,
+        "n_generated_tokens": result.n_generated_tokens,
+        "finish_reason": result.finish_reason,
+    }
+
+
+def _primary_mode(suite: Suite) -> Any:
+    return suite.conditions.targeted.modes[0] if suite.conditions.targeted else "drop"
+
+
+def _resolve_model(suite: Suite, suite_path: Path) -> Path:
+    from harness.models.resolve import organism_path
+
+    path = organism_path() if suite.model == "organism" else Path(suite.model)
+    if not path.is_absolute() and suite.model != "organism":
+        candidate = (suite_path.parent / path).resolve()
+        path = candidate if candidate.exists() else path
+    if not (path / "config.json").is_file():
+        raise InputError(suite_path, "model", "'organism' or a local model folder with config.json", suite.model)
+    return path
+
+
+def _hf_backend(model_path: Path, suite: Suite) -> Backend:
+    from harness.backends.hf import HFBackend
+
+    return HFBackend(model_path, dtype=suite.generation.dtype, batch_size=suite.generation.batch_size)
+
+
+def default_run_id(suite: Suite) -> str:
+    return f"{suite.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def dump_rows(rows: Sequence[MetricRow]) -> str:
+    return json.dumps([r.model_dump() for r in rows], indent=2)

@@ -1,0 +1,202 @@
+"""Suite files: one YAML that names the model, the tasks, the judges, the fTRI step and the conditions.
+
+Plain data validated by pydantic; errors name the file, the field and what was expected. See
+tasks/suites/quickstart.yaml for a commented example.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import InputError
+from harness.ftri import Score
+from harness.mote.experts import ExpertSet
+from harness.mote.intervention import Mode
+
+TaskType = Literal["refusal", "language", "qa"]
+JudgeName = Literal["refusal-string", "refusal-llm", "reasoning-language", "reference"]
+Span = Literal["prompt", "think", "answer", "generated", "all"]
+
+DEFAULT_JUDGE: dict[str, JudgeName] = {
+    "refusal": "refusal-string",
+    "language": "reasoning-language",
+    "qa": "reference",
+}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerationSpec(_Spec):
+    max_new_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
+    batch_size: int = Field(default=16, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class TaskSpec(_Spec):
+    """A task: prompts from a packaged data set (`source`) or a JSONL file (`path`)."""
+
+    name: str
+    type: TaskType
+    source: str | None = None  # e.g. "organism/refusal", "sensitive", "reasoning_language"
+    path: Path | None = None
+    judge: JudgeName | None = None
+    limit: int | None = Field(default=None, ge=1)  # first N prompts of each split (smoke runs)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TaskSpec:
+        if (self.source is None) == (self.path is None):
+            raise ValueError("give exactly one of source or path")
+        return self
+
+    @property
+    def judge_name(self) -> JudgeName:
+        return self.judge or DEFAULT_JUDGE[self.type]
+
+
+class EndpointSpec(_Spec):
+    """An OpenAI-compatible judge endpoint; the API key is read from the env var *named* here."""
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = Field(default=8, ge=1)
+
+
+class FtriSpec(_Spec):
+    task: str
+    split: Literal["discovery", "evaluation"] = "discovery"
+    target: list[str] = Field(default_factory=lambda: ["refused"])  # labels of the target class
+    other: list[str] | None = None  # default: every other scored label
+    span: Span = "prompt"
+    score: Score = "mean_diff"
+    k: int = Field(default=10, ge=1)
+    always_on_threshold: float | None = Field(default=0.5, gt=0, le=1)
+    exclude: dict[int, list[int]] = Field(default_factory=dict)
+    bootstrap: int = Field(default=200, ge=0)
+
+    @property
+    def excluded(self) -> ExpertSet:
+        return ExpertSet.from_mapping(self.exclude)
+
+
+class TargetedSpec(_Spec):
+    modes: list[Mode] = Field(default_factory=lambda: list[Mode](["drop"]), min_length=1)
+    intervention: Path | None = None  # use this file instead of the fTRI step's top k
+
+
+class RandomSpec(_Spec):
+    seeds: int = Field(default=20, ge=1)
+    first_seed: int = 0
+    modes: list[Mode] | None = None  # default: the targeted modes
+
+
+class StimulateSpec(_Spec):
+    experts: Literal["targeted"] | dict[int, list[int]] = "targeted"
+    per_layer_max: int | None = None  # keep at most top_k forced experts per layer (default: model's top_k)
+
+
+class KSweepSpec(_Spec):
+    ks: list[int] = Field(min_length=1)
+    random_seeds: int = Field(default=5, ge=0)
+    mode: Mode = "drop"
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_sorted(cls, ks: list[int]) -> list[int]:
+        if any(k < 1 for k in ks):
+            raise ValueError("k values must be >= 1")
+        return sorted(set(ks))
+
+
+class ConditionsSpec(_Spec):
+    baseline: bool = True
+    targeted: TargetedSpec | None = Field(default_factory=lambda: TargetedSpec())
+    random: RandomSpec | None = Field(default_factory=lambda: RandomSpec())
+    stimulate: StimulateSpec | None = None
+    k_sweep: KSweepSpec | None = None
+
+
+class EvaluationSpec(_Spec):
+    split: Literal["discovery", "evaluation", "all"] = "evaluation"
+    allow_discovery_overlap: bool = False
+
+
+class Suite(_Spec):
+    schema_version: Literal[1] = 1
+    name: str
+    model: str  # local folder or "organism"
+    backend: Literal["hf"] = "hf"
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    judges: dict[str, EndpointSpec] = Field(default_factory=dict)  # e.g. {"refusal-llm": {...}}
+    ftri: FtriSpec | None = None
+    conditions: ConditionsSpec = Field(default_factory=ConditionsSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    bootstrap_resamples: int = Field(default=2000, ge=100)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Suite:
+        names = [t.name for t in self.tasks]
+        if len(names) != len(set(names)):
+            raise ValueError("task names must be unique")
+        needs_ftri = self.conditions.targeted is not None and self.conditions.targeted.intervention is None
+        if needs_ftri and self.ftri is None:
+            raise ValueError("conditions.targeted without an intervention file needs an ftri step")
+        if self.ftri is not None:
+            if self.ftri.task not in names:
+                raise ValueError(f"ftri.task {self.ftri.task!r} is not one of the tasks {names}")
+            overlap = self.evaluation.split in (self.ftri.split, "all")
+            if overlap and not self.evaluation.allow_discovery_overlap:
+                raise ValueError(
+                    f"evaluation.split {self.evaluation.split!r} overlaps the fTRI split {self.ftri.split!r}: "
+                    "evaluating on discovery prompts inflates the effect; set "
+                    "evaluation.allow_discovery_overlap: true to do it anyway (the report will say so)"
+                )
+        for task in self.tasks:
+            if task.judge_name == "refusal-llm" and "refusal-llm" not in self.judges:
+                raise ValueError(f"task {task.name!r} uses refusal-llm: add judges.refusal-llm with an endpoint")
+        return self
+
+    def task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+
+def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(path, "<file>", "a readable suite YAML file", str(err)) from None
+    except yaml.YAMLError as err:
+        raise InputError(path, "<file>", "valid YAML", str(err).splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise InputError(path, "<top level>", "a mapping (name, model, tasks, ...)", data)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for task in data.get("tasks") or []:  # task paths are relative to the suite file
+        if isinstance(task, dict) and task.get("path"):
+            task["path"] = str((path.parent / task["path"]).resolve())
+    targeted = (data.get("conditions") or {}).get("targeted")
+    if isinstance(targeted, dict) and targeted.get("intervention"):
+        targeted["intervention"] = str((path.parent / targeted["intervention"]).resolve())
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "<top level>"
+        expected = str(first.get("msg", "a valid value")).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            expected = "no such key"
+        got = first.get("input") if first["type"] not in ("missing", "extra_forbidden") else None
+        if isinstance(got, dict):
+            got = None
+        raise InputError(path, field, expected, got) from None
