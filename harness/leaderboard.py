@@ -23,7 +23,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def table_rows(rows: Sequence[MetricRow], suite: Suite) -> tuple[list[str], list[list[str]]]:
+def table_rows(rows: Sequence[MetricRow], suite: Suite, intervals: bool = True) -> tuple[list[str], list[list[str]]]:
     """Header and cells: one line per condition (random seeds shown as their aggregate)."""
     task_of: dict[str, str] = {}
     for task in suite.tasks:
@@ -42,7 +42,7 @@ def table_rows(rows: Sequence[MetricRow], suite: Suite) -> tuple[list[str], list
         ns, unscored = [], 0
         for _, task_name, metric in columns:
             row = index.get((task_name, cond, metric))
-            cells.append(_fmt(row))
+            cells.append(_fmt(row, intervals))
             if row is not None and metric in ("refusal_rate", "switch_rate", "accuracy"):
                 ns.append(row.n)
                 unscored += row.unscored
@@ -51,10 +51,12 @@ def table_rows(rows: Sequence[MetricRow], suite: Suite) -> tuple[list[str], list
     return header, body
 
 
-def _fmt(row: MetricRow | None) -> str:
+def _fmt(row: MetricRow | None, intervals: bool = True) -> str:
     if row is None or row.value is None:
         return ""
     value = f"{row.value:.1f}" if row.metric == "percentile_vs_random" else f"{row.value:.3g}"
+    if not intervals:
+        return value
     if row.ci_low is not None and row.ci_high is not None and row.metric not in ("mcnemar_p", "mcnemar_p_holm"):
         return f"{value} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
     return value
@@ -88,10 +90,10 @@ def print_summary(rows: Sequence[MetricRow], suite: Suite) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    header, body = table_rows(rows, suite)
-    table = Table(title=f"{suite.name}: {suite.model}", show_lines=False)
+    header, body = table_rows(rows, suite, intervals=False)
+    table = Table(title=f"{suite.name}: {suite.model} (intervals in leaderboard.md)", show_lines=False)
     for title in header:
         table.add_column(title, overflow="fold")
     for cells in body:
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=max(Console().width, 150)).print(table)

@@ -278,3 +278,25 @@ def _is(label: str) -> Callable[[str], bool]:
 
 def _scored(label: str | None) -> str | None:
     return None if label is None or label == "unscored" else label
+
+
+def unscored_rows(
+    task: str, judge: str, prompts: Sequence[TaskPrompt], conditions: Sequence[Condition], labels: Labels
+) -> list[MetricRow]:
+    """unscored_share: samples the task's judge could not label, over all samples of the condition."""
+    rows = []
+    for cond in conditions:
+        found = [labels.get((task, cond.name, p.id, judge)) for p in prompts]
+        missing = sum(label is None or label == "unscored" for label in found)
+        n = len(found)
+        rows.append(
+            MetricRow(
+                task=task,
+                condition=cond.name,
+                metric="unscored_share",
+                value=missing / n if n else None,
+                n=n,
+                unscored=missing,
+            )
+        )
+    return rows

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from harness import ftri
 from harness.backends.base import Backend, GenerationRequest, GenerationResult, GenerationSettings
 from harness.errors import InputError
-from harness.metrics import Condition, language_rows, qa_rows, refusal_rows
+from harness.metrics import Condition, language_rows, qa_rows, refusal_rows, unscored_rows
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, Mode, load_intervention, save_intervention
 from harness.mote.random_baseline import random_intervention_like
@@ -454,6 +454,7 @@ class Runner:
                 rows += language_rows(task.name, judge, prompts, conditions, labels)
             else:
                 rows += qa_rows(task.name, judge, prompts, conditions, labels)
+            rows += unscored_rows(task.name, judge, prompts, conditions, labels)
         if self.suite.evaluation.allow_discovery_overlap:
             rows = [
                 r.model_copy(update={"note": ((r.note or "") + " [evaluated on discovery prompts]").strip()})
