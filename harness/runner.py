@@ -210,6 +210,14 @@ class Runner:
             )
             result = ftri.FtriResult(**{**result.__dict__, "stability": stability})
         self._write_ftri(result, unscored)
+        target, other = ftri.class_stats(prompts, "target"), ftri.class_stats(prompts, "other")
+        np.savez_compressed(
+            self.store.root / "ftri_maps.npz",
+            layers=np.asarray(layers, dtype=np.int32),
+            score=ftri.score_map(target, other, spec.score),
+            mean_share_target=target.mean_share,
+            mean_share_other=other.mean_share,
+        )
         return result
 
     def _write_ftri(self, result: ftri.FtriResult, unscored: int) -> None:
