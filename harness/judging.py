@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.suite import Suite, TaskSpec
 from harness.taskdata import TaskPrompt
@@ -23,6 +23,8 @@ class JudgeSet:
         self.cache_path = cache_path
 
     def judges_for(self, task: TaskSpec, prompt: TaskPrompt) -> list[str]:
+        if task.type == "mt_bench":
+            return ["mt-bench"]
         names: list[str] = [task.judge_name]
         if task.type == "refusal" and prompt.reference:
             names.append("reference")
@@ -31,28 +33,62 @@ class JudgeSet:
     def judge(self, items: Sequence[Item]) -> list[dict[str, Any]]:
         out: list[dict[str, Any] | None] = [None] * len(items)
         llm = [i for i, item in enumerate(items) if item[4] == "refusal-llm"]
+        mt = [i for i, item in enumerate(items) if item[4] == "mt-bench"]
         for i, (_, _, prompt, sample, judge) in enumerate(items):
-            if judge != "refusal-llm":
+            if judge not in ("refusal-llm", "mt-bench"):
                 out[i] = _record(items[i], _offline(judge, prompt, sample))
         if llm:
             for i, judgement in zip(llm, self._llm([items[i] for i in llm]), strict=True):
                 out[i] = _record(items[i], judgement)
+        if mt:
+            for i, judgement in zip(mt, self._mt_bench([items[i] for i in mt]), strict=True):
+                out[i] = _record(items[i], judgement)
         return [r for r in out if r is not None]
 
-    def _llm(self, items: Sequence[Item]) -> list[Any]:
-        from judges.cache import ReplyCache
+    def _client(self, judge: str) -> Any:
         from judges.client import EndpointConfig, JudgeClient
-        from judges.refusal_llm import RefusalItem, judge_many
 
-        endpoint = self.suite.judges["refusal-llm"]
+        endpoint = self.suite.judges[judge]
         config = EndpointConfig(
             base_url=endpoint.base_url,
             model=endpoint.model,
             api_key_env=endpoint.api_key_env,
             max_concurrency=endpoint.max_concurrency,
         )
+        return config, JudgeClient
+
+    def _mt_bench(self, items: Sequence[Item]) -> list[Any]:
+        from harness.tasks import load_mt_bench
+        from judges.cache import ReplyCache
+        from judges.mt_bench import MTBenchItem, judge_many
+
+        out: list[Any] = []
+        config, client_cls = self._client("mt-bench")
         with ReplyCache(self.cache_path) as cache:
-            client = JudgeClient(config, cache=cache)
+            client = client_cls(config, cache=cache)
+            for task in dict.fromkeys(item[0] for item in items):
+                folder = self.suite.task(task).path
+                assert folder is not None
+                bench = load_mt_bench(folder)
+                batch = [item for item in items if item[0] == task]
+                requests = []
+                for _, _, prompt, sample, _ in batch:
+                    extra = prompt.model_extra or {}
+                    turn: Literal[1, 2] = 2 if int(extra.get("turn", 1)) == 2 else 1
+                    answers = (sample["answer"],) if turn == 1 else (str(extra["first_answer"]), sample["answer"])
+                    requests.append(
+                        MTBenchItem(id=prompt.id, question_id=int(extra["question_id"]), turn=turn, answers=answers)
+                    )
+                out += judge_many(bench, requests, client)
+        return out
+
+    def _llm(self, items: Sequence[Item]) -> list[Any]:
+        from judges.cache import ReplyCache
+        from judges.refusal_llm import RefusalItem, judge_many
+
+        config, client_cls = self._client("refusal-llm")
+        with ReplyCache(self.cache_path) as cache:
+            client = client_cls(config, cache=cache)
             requests = [
                 RefusalItem(id=p.id, prompt=p.prompt or _last_user(p), answer=s["answer"], think=s["think"])
                 for _, _, p, s, _ in items

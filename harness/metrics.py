@@ -300,3 +300,57 @@ def unscored_rows(
             )
         )
     return rows
+
+
+def mt_bench_rows(
+    task: str, conditions: Sequence[Condition], scores: Mapping[tuple[str, str], tuple[float | None, str]]
+) -> list[MetricRow]:
+    """mt_bench_score (mean over both turns, t interval), per category (mt_bench_score:<category>),
+    and against baseline: mt_bench_score_delta (paired mean difference) and mt_bench_wilcoxon_p."""
+    rows: list[MetricRow] = []
+    by_cond: dict[str, dict[str, float | None]] = {}
+    for (cond_name, sample_id), (score, _) in scores.items():
+        by_cond.setdefault(cond_name, {})[sample_id] = score
+    deltas: dict[str, list[float]] = {}
+    for cond in conditions:
+        cur = by_cond.get(cond.name, {})
+        rows.append(MetricRow.of(task, cond.name, "mt_bench_score", _mean(cur)))
+        categories = sorted({cat for (c, _), (_, cat) in scores.items() if c == cond.name})
+        for category in categories:
+            subset = {sid: s for (c, sid), (s, cat) in scores.items() if c == cond.name and cat == category}
+            rows.append(MetricRow.of(task, cond.name, f"mt_bench_score:{category}", _mean(subset)))
+        if cond.family != "baseline" and "baseline" in by_cond:
+            delta, p = stats.score_change(by_cond["baseline"], cur)
+            rows.append(MetricRow.of(task, cond.name, "mt_bench_score_delta", delta))
+            rows.append(MetricRow.of(task, cond.name, "mt_bench_wilcoxon_p", p))
+            if cond.random_group is not None and np.isfinite(delta.value):
+                deltas.setdefault(cond.random_group, []).append(delta.value)
+    for group, vals in deltas.items():
+        low, high = np.percentile(vals, [2.5, 97.5])
+        rows.append(
+            MetricRow(
+                task=task,
+                condition=group,
+                metric="mt_bench_score_delta",
+                value=float(np.mean(vals)),
+                ci_low=float(low),
+                ci_high=float(high),
+                n=len(vals),
+                note=f"mean over {len(vals)} matched random seeds",
+            )
+        )
+    return rows
+
+
+def _mean(scores: Mapping[str, float | None]) -> Estimate:
+    values = np.array([s for s in scores.values() if s is not None], dtype=float)
+    unscored = len(scores) - len(values)
+    if len(values) == 0:
+        return Estimate(float("nan"), None, None, 0, unscored)
+    mean = float(values.mean())
+    if len(values) > 1 and values.std(ddof=1) > 0:
+        from scipy import stats as sps
+
+        low, high = sps.t.interval(0.95, len(values) - 1, loc=mean, scale=sps.sem(values))
+        return Estimate(mean, float(low), float(high), len(values), unscored)
+    return Estimate(mean, mean, mean, len(values), unscored)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from harness import ftri
 from harness.backends.base import Backend, GenerationRequest, GenerationResult, GenerationSettings
 from harness.errors import InputError
-from harness.metrics import Condition, language_rows, qa_rows, refusal_rows, unscored_rows
+from harness.metrics import Condition, language_rows, mt_bench_rows, qa_rows, refusal_rows, unscored_rows
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, Mode, load_intervention, save_intervention
 from harness.mote.random_baseline import random_intervention_like
@@ -148,11 +148,13 @@ class Runner:
         work = [
             WorkItem(task.name, cond, p)
             for task in self.suite.tasks
+            if task.type != "mt_bench"
             for cond in conditions
             for p in self.prompts[task.name]
             if p.in_split(split)
         ]
         self._generate(work, "evaluate", record=False)
+        work += self._mt_bench(conditions)
         self._judge(work, "judge")
         rows = self._summarise(conditions)
         write_summary(rows, self.store.root / "summary.json")
@@ -160,6 +162,27 @@ class Runner:
 
         self.store.write_text("leaderboard.md", leaderboard_markdown(rows, self.suite, ranking))
         return rows
+
+    def _mt_bench(self, conditions: Sequence[Condition]) -> list[WorkItem]:
+        """Both MT-Bench turns under every condition; turn 2 carries the condition's own turn-1 answer."""
+        from harness.taskdata import mt_bench_turn2
+
+        items: list[WorkItem] = []
+        for task in self.suite.tasks:
+            if task.type != "mt_bench":
+                continue
+            turn1 = [WorkItem(task.name, cond, p) for cond in conditions for p in self.prompts[task.name]]
+            self._generate(turn1, f"{task.name} turn 1", record=False)
+            answers = {sample_key(r): r["answer"] for r in self.store.records(self.store.samples_file)}
+            turn2 = [
+                WorkItem(
+                    w.task, w.condition, mt_bench_turn2(w.prompt, answers[(w.task, w.condition.name, w.prompt.id)])
+                )
+                for w in turn1
+            ]
+            self._generate(turn2, f"{task.name} turn 2", record=False)
+            items += turn1 + turn2
+        return items
 
     # -- discovery ----------------------------------------------------------------------------
     def _discover(self) -> ftri.FtriResult:
@@ -383,10 +406,14 @@ class Runner:
             return
         settings = self._settings(record)
         chunk_size = self.suite.generation.batch_size * 4
+        # A prompt may carry its own temperature (MT-Bench: per category); group by it.
+        todo.sort(key=lambda w: _temperature(w.prompt, settings.temperature))
+        chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
+        chunks = [c for chunk in chunks for c in _split_by_temperature(chunk, settings.temperature)]
         with tqdm(total=len(work), initial=len(work) - len(todo), desc=what, unit="sample") as bar:
-            for start in range(0, len(todo), chunk_size):
-                chunk = todo[start : start + chunk_size]
-                results = self.backend.generate([w.request() for w in chunk], settings)
+            for chunk in chunks:
+                chunk_settings = replace(settings, temperature=_temperature(chunk[0].prompt, settings.temperature))
+                results = self.backend.generate([w.request() for w in chunk], chunk_settings)
                 if record:
                     self._save_routing(chunk, results)
                 self.store.append(self.store.samples_file, [_sample(w, r) for w, r in zip(chunk, results, strict=True)])
@@ -441,6 +468,14 @@ class Runner:
                 bar.update(len(chunk))
 
     # -- statistics -----------------------------------------------------------------------------
+    def _mt_bench_scores(self, task: str) -> dict[tuple[str, str], tuple[float | None, str]]:
+        """(condition, sample id) -> (score or None when unscored, category)."""
+        return {
+            (r["condition"], r["id"]): (r["judgement"].get("score"), r["judgement"].get("category", ""))
+            for r in self.store.records(self.store.labels_file)
+            if r["task"] == task and r["judge"] == "mt-bench"
+        }
+
     def _summarise(self, conditions: Sequence[Condition]) -> list[MetricRow]:
         labels = self._labels()
         split = self.suite.evaluation.split
@@ -460,6 +495,9 @@ class Runner:
                 )
             elif task.type == "language":
                 rows += language_rows(task.name, judge, prompts, conditions, labels)
+            elif task.type == "mt_bench":
+                rows += mt_bench_rows(task.name, conditions, self._mt_bench_scores(task.name))
+                continue
             else:
                 rows += qa_rows(task.name, judge, prompts, conditions, labels)
             rows += unscored_rows(task.name, judge, prompts, conditions, labels)
@@ -469,6 +507,18 @@ class Runner:
                 for r in rows
             ]
         return rows
+
+
+def _temperature(prompt: TaskPrompt, default: float) -> float:
+    value = (prompt.model_extra or {}).get("temperature")
+    return default if value is None else float(value)
+
+
+def _split_by_temperature(chunk: list[WorkItem], default: float) -> list[list[WorkItem]]:
+    groups: dict[float, list[WorkItem]] = {}
+    for w in chunk:
+        groups.setdefault(_temperature(w.prompt, default), []).append(w)
+    return list(groups.values())
 
 
 def _sample(item: WorkItem, result: GenerationResult) -> dict[str, Any]:

@@ -17,14 +17,15 @@ from harness.ftri import Score
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Mode
 
-TaskType = Literal["refusal", "language", "qa"]
-JudgeName = Literal["refusal-string", "refusal-llm", "reasoning-language", "reference"]
+TaskType = Literal["refusal", "language", "qa", "mt_bench"]
+JudgeName = Literal["refusal-string", "refusal-llm", "reasoning-language", "reference", "mt-bench"]
 Span = Literal["prompt", "think", "answer", "generated", "all"]
 
 DEFAULT_JUDGE: dict[str, JudgeName] = {
     "refusal": "refusal-string",
     "language": "reasoning-language",
     "qa": "reference",
+    "mt_bench": "mt-bench",
 }
 
 
@@ -42,7 +43,9 @@ class GenerationSpec(_Spec):
 
 
 class TaskSpec(_Spec):
-    """A task: prompts from a packaged data set (`source`) or a JSONL file (`path`)."""
+    """A task: prompts from a packaged data set (`source`) or a JSONL file (`path`); for `mt_bench`,
+    `path` is a folder in FastChat's layout (question.jsonl, reference_answer/gpt-4.jsonl,
+    judge_prompts.jsonl)."""
 
     name: str
     type: TaskType
@@ -55,6 +58,8 @@ class TaskSpec(_Spec):
     def _one_source(self) -> TaskSpec:
         if (self.source is None) == (self.path is None):
             raise ValueError("give exactly one of source or path")
+        if self.type == "mt_bench" and self.path is None:
+            raise ValueError("an mt_bench task needs path: a folder in FastChat's layout")
         return self
 
     @property
@@ -163,8 +168,9 @@ class Suite(_Spec):
                     "evaluation.allow_discovery_overlap: true to do it anyway (the report will say so)"
                 )
         for task in self.tasks:
-            if task.judge_name == "refusal-llm" and "refusal-llm" not in self.judges:
-                raise ValueError(f"task {task.name!r} uses refusal-llm: add judges.refusal-llm with an endpoint")
+            for llm_judge in ("refusal-llm", "mt-bench"):
+                if task.judge_name == llm_judge and llm_judge not in self.judges:
+                    raise ValueError(f"task {task.name!r} uses {llm_judge}: add judges.{llm_judge} with an endpoint")
         return self
 
     def task(self, name: str) -> TaskSpec:

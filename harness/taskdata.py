@@ -78,7 +78,10 @@ def _read(path: Path) -> str:
 
 def load_task_prompts(task: TaskSpec, suite_file: str | Path = "<suite>") -> list[TaskPrompt]:
     """All prompts of the task, validated (errors name the file and line)."""
-    if task.path is not None:
+    if task.type == "mt_bench":
+        assert task.path is not None
+        prompts = mt_bench_prompts(task.path)
+    elif task.path is not None:
         prompts = read_task_file(task.path)
     elif task.source == "sensitive":
         from harness.tasks import load_sensitive
@@ -120,3 +123,40 @@ def _limit(prompts: list[TaskPrompt], limit: int) -> list[TaskPrompt]:
             kept.append(p)
             counts[key] = counts.get(key, 0) + 1
     return kept
+
+
+def mt_bench_prompts(folder: Path) -> list[TaskPrompt]:
+    """Turn-1 prompts of MT-Bench (turn 2 is built from each condition's own turn-1 answer)."""
+    from harness.tasks import load_mt_bench, mt_bench_messages, mt_bench_temperature
+
+    bench = load_mt_bench(folder)
+    return [
+        TaskPrompt.model_validate(
+            {
+                "id": f"{q.question_id}/turn1",
+                "messages": mt_bench_messages(q, 1),
+                "kind": q.category,
+                "question_id": q.question_id,
+                "turn": 1,
+                "temperature": mt_bench_temperature(q),
+                "second_turn": q.turns[1],
+            }
+        )
+        for q in bench.questions
+    ]
+
+
+def mt_bench_turn2(turn1: TaskPrompt, first_answer: str) -> TaskPrompt:
+    """Turn 2 asked with this condition's own turn-1 answer in context (FastChat's protocol)."""
+    extra = dict(turn1.model_extra or {})
+    messages = [
+        *(turn1.messages or []),
+        {"role": "assistant", "content": first_answer},
+        {"role": "user", "content": extra["second_turn"]},
+    ]
+    return TaskPrompt(
+        id=f"{extra['question_id']}/turn2",
+        messages=messages,
+        kind=turn1.kind,
+        **{**extra, "turn": 2, "first_answer": first_answer},
+    )
