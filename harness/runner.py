@@ -61,7 +61,7 @@ class Runner:
         self.suite_path = suite_path
         self.store = RunStore(run_dir)
         self.resume = resume
-        self._backend_factory = backend_factory or _hf_backend
+        self._backend_factory = backend_factory or make_backend
         self._backend: Backend | None = None
         self.model_path = _resolve_model(suite, suite_path)
         self.spec = self._inspect()
@@ -553,7 +553,12 @@ def _resolve_model(suite: Suite, suite_path: Path) -> Path:
     return path
 
 
-def _hf_backend(model_path: Path, suite: Suite) -> Backend:
+def make_backend(model_path: Path, suite: Suite) -> Backend:
+    """The suite's backend: transformers (CPU reference) or a MoTE-enabled vLLM engine."""
+    if suite.backend == "vllm":
+        from harness.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model_path, dtype=suite.generation.dtype, seed=suite.generation.seed, **suite.engine_args)
     from harness.backends.hf import HFBackend
 
     return HFBackend(model_path, dtype=suite.generation.dtype, batch_size=suite.generation.batch_size)

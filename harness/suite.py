@@ -139,7 +139,8 @@ class Suite(_Spec):
     schema_version: Literal[1] = 1
     name: str
     model: str  # local folder or "organism"
-    backend: Literal["hf"] = "hf"
+    backend: Literal["hf", "vllm"] = "hf"
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM unchanged (vllm backend)
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     tasks: list[TaskSpec] = Field(min_length=1)
     judges: dict[str, EndpointSpec] = Field(default_factory=dict)  # e.g. {"refusal-llm": {...}}
