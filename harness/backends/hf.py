@@ -17,6 +17,7 @@ import torch
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
 from harness.backends.hf_adapters import adapter_for, find_moe_blocks, spec_from_model
 from harness.backends.hf_hooks import RoutingController, StepCapture
+from harness.mote.intervention import Intervention
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
 from harness.think import generated_spans, prompt_opens_think, split_think
@@ -95,6 +96,53 @@ class HFBackend:
             self.controller.reset()
         mask = enc["attention_mask"].bool()
         return [logits[row][mask[row]].float().cpu() for row in range(len(requests))]
+
+    @torch.no_grad()
+    def continuation_logprobs(
+        self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], interventions: Sequence[Intervention]
+    ) -> list[tuple[float, bool]]:
+        """For each (context ids, continuation ids): the continuation's summed log-probability and
+        whether it is the greedy continuation (lm-eval's loglikelihood), each row under its own
+        intervention. Batches of `batch_size` rows, right-padded (padding never reaches a real token)."""
+        out: list[tuple[float, bool]] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            rows = [list(ctx) + list(cont) for ctx, cont in chunk]
+            width = max(len(r) for r in rows) - 1
+            pad = int(self.tokenizer.pad_token_id)
+            ids = torch.tensor([r[:-1] + [pad] * (width - len(r) + 1) for r in rows], device=self.device)
+            mask = torch.tensor([[1] * (len(r) - 1) + [0] * (width - len(r) + 1) for r in rows], device=self.device)
+            self.controller.configure(list(interventions[start : start + self.batch_size]), False, self.device)
+            try:
+                logprobs = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            finally:
+                self.controller.reset()
+            for row, (ctx, cont) in enumerate(chunk):
+                first = len(ctx) - 1  # the position whose next token is the first continuation token
+                scores = logprobs[row, first : first + len(cont)]
+                target = torch.tensor(list(cont), device=scores.device)
+                total = float(scores.gather(1, target[:, None]).sum())
+                out.append((total, bool((scores.argmax(dim=-1) == target).all())))
+        return out
+
+    def generate_text(
+        self, prompts: Sequence[str], interventions: Sequence[Intervention], settings: GenerationSettings
+    ) -> list[GenerationResult]:
+        """Like `generate`, for prompts that are already the model's input text (no chat template
+        applied here: lm-eval formats its own prompts)."""
+        requests = [
+            GenerationRequest(id=str(i), prompt=p, intervention=iv)
+            for i, (p, iv) in enumerate(zip(prompts, interventions, strict=True))
+        ]
+        for request in requests:
+            self._spec.check(request.intervention, f"request {request.id}")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: dict[int, GenerationResult] = {}
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self._generate_batch([requests[i] for i in chunk], [prompts[i] for i in chunk], settings)
+            results.update(zip(chunk, batch, strict=True))
+        return [results[i] for i in range(len(prompts))]
 
     @torch.no_grad()
     def _generate_batch(
