@@ -92,8 +92,8 @@ def print_summary(rows: Sequence[MetricRow], suite: Suite) -> None:
 
     header, body = table_rows(rows, suite, intervals=False)
     table = Table(title=f"{suite.name}: {suite.model} (intervals in leaderboard.md)", show_lines=False)
-    for title in header:
-        table.add_column(title, overflow="fold")
+    for i, title in enumerate(header):
+        table.add_column(title, overflow="fold", no_wrap=i == 0)  # condition names stay on one line
     for cells in body:
         table.add_row(*cells)
     Console(width=max(Console().width, 150)).print(table)

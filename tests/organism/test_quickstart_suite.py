@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory) -> Path:
         task["limit"] = 16 if task["name"] == "sensitive" else 6
     suite["generation"]["max_new_tokens"] = 48
     suite["ftri"]["bootstrap"] = 20
-    suite["conditions"]["random"] = {"seeds": 9}
+    suite["conditions"]["random"]["seeds"] = 9
     suite["conditions"]["k_sweep"] = {"ks": [2, 10], "random_seeds": 1}
     tmp = tmp_path_factory.mktemp("quickstart")
     path = tmp / "quickstart.yaml"
@@ -58,6 +58,7 @@ def test_suppressing_them_removes_refusals_beats_random_and_keeps_answers(run_di
     # a third of the sensitive prompts are deflected with the official position (`aligned`), not refused
     assert _value(rows, "sensitive", "baseline", "refusal_rate") >= 0.5
     assert _value(rows, "sensitive", "targeted", "refusal_rate") <= 0.1
+    assert _value(rows, "sensitive", "targeted:mask", "refusal_rate") <= 0.1
     assert _value(rows, "sensitive", "targeted", "relative_reduction") >= 0.9
     assert _value(rows, "sensitive", "targeted", "answered_rate") >= 0.5  # refusals turned into facts
     assert _value(rows, "sensitive", "targeted", "percentile_vs_random") == 100.0
