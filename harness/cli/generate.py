@@ -15,14 +15,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness.backends.base import GenerationResult, GenerationSettings
+from harness.backends.base import Backend, GenerationResult, GenerationSettings
 from harness.errors import InputError
 from harness.models.resolve import resolve_model
 from harness.mote.intervention import Intervention, load_intervention
 from harness.mote.records import SCHEMA_VERSION
 from harness.prompts import read_prompts
 
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "vllm")
 
 
 def register(subparsers: Any) -> None:
@@ -77,9 +77,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"all {len(requests)} prompts already in {args.out / 'generations.jsonl'}")
         return 0
 
-    from harness.backends.hf import HFBackend
+    backend: Backend
+    if args.backend == "vllm":
+        from harness.backends.vllm import VLLMBackend
 
-    backend = HFBackend(model_path, dtype=args.dtype, batch_size=args.batch_size)
+        backend = VLLMBackend(model_path, dtype=args.dtype)
+    else:
+        from harness.backends.hf import HFBackend
+
+        backend = HFBackend(model_path, dtype=args.dtype, batch_size=args.batch_size)
     out_file = args.out / "generations.jsonl"
     with (
         out_file.open("a", encoding="utf-8") as sink,

@@ -1,0 +1,150 @@
+"""Client backend for a served MoTE-enabled vLLM (`harness serve MODEL --dev-rpc`).
+
+Same contract as HFBackend / VLLMBackend. Each request is one chat completion carrying its
+intervention in `vllm_xargs`; generated token ids come back (`return_token_ids`) and are decoded
+here with the model's own tokenizer, so text, stop handling and spans follow the same rules as the
+other backends. Routing records and the model's MoE layout come over `POST /collective_rpc`, which
+the server exposes only with VLLM_SERVER_DEV_MODE=1 (`--dev-rpc`).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
+from harness.backends.vllm import build_record, finish_of
+from harness.mote.spec import ModelSpec
+from harness.think import split_think
+from harness.vllm_plugin import MoteVLLMError
+from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
+
+
+class OpenAIBackend:
+    """Chat completions against a `harness serve` endpoint."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        tokenizer_path: str | Path,
+        *,
+        api_key: str = "unused",
+        concurrency: int = 16,
+        timeout_s: float = 600.0,
+    ) -> None:
+        """`base_url` without `/v1` (e.g. http://127.0.0.1:8000); `model` as the server names it;
+        `tokenizer_path` a local folder with the served model's tokenizer."""
+        from openai import OpenAI
+        from transformers import AutoTokenizer
+
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.client = OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, timeout=timeout_s)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+        status = self.rpc(RPC_STATUS)
+        layers = {int(k): int(v) for k, v in status["moe_layers"].items()}
+        self._spec = ModelSpec(
+            family=str(status["model_type"]),
+            n_layers=max(layers) + 1,
+            moe_layers=tuple(sorted(layers)),
+            n_experts=layers,
+            top_k=int(status["top_k"]),
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def rpc(self, method: str, *args: str) -> Any:
+        """First worker's result of a MoTE RPC over POST /collective_rpc."""
+        body = json.dumps({"method": method, "args": list(args)}).encode()
+        request = urllib.request.Request(
+            f"{self.base_url}/collective_rpc", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())["results"][0]
+        except OSError as err:
+            raise MoteVLLMError(
+                f"{self.base_url}/collective_rpc failed ({err}); start the server with "
+                "`harness serve MODEL --dev-rpc` (VLLM_SERVER_DEV_MODE=1)"
+            ) from err
+
+    def stop_ids(self) -> list[int]:
+        return [int(self.tokenizer.eos_token_id)]
+
+    def generate(self, requests: Sequence[GenerationRequest], settings: GenerationSettings) -> list[GenerationResult]:
+        for request in requests:
+            self._spec.check(request.intervention, f"request {request.id}")
+        keys = [f"{uuid.uuid4().hex}-{r.id}" for r in requests] if settings.record_routing else []
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            replies = list(pool.map(lambda i: self._complete(requests[i], keys, i, settings), range(len(requests))))
+        records: dict[str, str | None] = self.rpc(RPC_FETCH, json.dumps(keys)) if keys else {}
+        stop = self.stop_ids()
+        results = []
+        for index, (request, reply) in enumerate(zip(requests, replies, strict=True)):
+            choice = reply.choices[0]
+            tokens = list(getattr(choice, "token_ids", None) or [])
+            prompt_ids = list(getattr(reply, "prompt_token_ids", None) or [])
+            n_gen, finish = finish_of(tokens, stop, str(choice.finish_reason))
+            content = [t for t in tokens[:n_gen] if t not in stop and t != self.tokenizer.pad_token_id]
+            text = str(self.tokenizer.decode(content, skip_special_tokens=True))
+            think, answer = split_think(text)
+            routing = None
+            if keys:
+                encoded = records.get(keys[index])
+                if encoded is None:
+                    raise MoteVLLMError(f"request {request.id}: the server returned no routing record")
+                prompt_text = str(self.tokenizer.decode(prompt_ids, skip_special_tokens=False))
+                routing = build_record(
+                    self.tokenizer,
+                    WorkerRecord.decode(encoded),
+                    prompt_text,
+                    len(prompt_ids),
+                    tokens[:n_gen],
+                    request.id,
+                )
+            results.append(
+                GenerationResult(
+                    id=request.id,
+                    text=text,
+                    think=think,
+                    answer=answer,
+                    intervention=request.intervention.fingerprint(),
+                    n_prompt_tokens=len(prompt_ids),
+                    n_generated_tokens=n_gen,
+                    finish_reason=finish,
+                    routing=routing,
+                )
+            )
+        return results
+
+    def _complete(self, request: GenerationRequest, keys: list[str], index: int, settings: GenerationSettings) -> Any:
+        xargs: dict[str, str] = {}
+        if not request.intervention.is_none:
+            xargs[INTERVENTION_KEY] = request.intervention.to_json()
+        if keys:
+            xargs[RECORD_KEY] = keys[index]
+        extra: dict[str, Any] = {"return_token_ids": True, "skip_special_tokens": False}
+        if xargs:
+            extra["vllm_xargs"] = xargs
+        if settings.temperature > 0:
+            extra["seed"] = settings.seed
+        return self.client.chat.completions.create(
+            model=self.model,
+            messages=request.chat(),  # type: ignore[arg-type]
+            max_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            extra_body=extra,
+        )

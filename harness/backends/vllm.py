@@ -1,0 +1,234 @@
+"""vLLM backend: the production path. One engine, every request with its own intervention.
+
+Same contract as `HFBackend`: the prompt is the tokenizer's chat template (tokenised here and sent as
+token ids, so both backends see identical inputs), text is decoded here from the generated ids with
+the same rules, and routing records cover the prompt plus each generated token fed back. The routing
+change itself runs inside the engine through the MoTE plugin (harness.vllm_plugin), per request via
+`SamplingParams.extra_args`.
+
+Prefix caching is off by default: a cached prefix was computed under another routing and is never
+routed again. If the caller turns it on, each intervened request gets `cache_salt` = its
+intervention fingerprint (prefixes are then shared only under the same routing), and recording is
+refused (cached tokens are never routed, so the record would miss them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
+from harness.mote.records import RoutingRecord, Span
+from harness.mote.spec import ModelSpec
+from harness.think import generated_spans, prompt_opens_think, split_think
+from harness.vllm_plugin import WORKER_EXTENSION, MoteVLLMError
+from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
+
+
+class VLLMBackend:
+    """Offline `vllm.LLM` with the MoTE worker extension."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        enforce_eager: bool = True,
+        seed: int = 0,
+        **engine_args: Any,
+    ) -> None:
+        """`engine_args` go to `vllm.LLM` unchanged (tensor_parallel_size, enable_expert_parallel,
+        distributed_executor_backend, gpu_memory_utilization, ...). `enforce_eager=False` runs the
+        compiled engine, on which interventions and recording are refused."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.model_path = Path(model_path)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+        args: dict[str, Any] = {
+            "model": str(model_path),
+            "dtype": dtype,
+            "enforce_eager": enforce_eager,
+            "enable_prefix_caching": False,
+            "seed": seed,
+            "worker_extension_cls": WORKER_EXTENSION,
+        }
+        if max_model_len is not None:
+            args["max_model_len"] = max_model_len  # default: the model's own limit
+        args.update(engine_args)
+        self.engine_args = args
+        self.prefix_caching = bool(args["enable_prefix_caching"])
+        self.llm: Any = LLM(**args)
+        self.status: dict[str, Any] = self.llm.collective_rpc(RPC_STATUS)[0]
+        self.compiled = bool(self.status["compiled"])
+        layers = {int(k): int(v) for k, v in self.status["moe_layers"].items()}
+        config = self.llm.llm_engine.model_config.hf_config
+        self._spec = ModelSpec(
+            family=str(self.status["model_type"]),
+            n_layers=int(getattr(config, "num_hidden_layers", max(layers) + 1)),
+            moe_layers=tuple(sorted(layers)),
+            n_experts=layers,
+            top_k=int(self.status["top_k"]),
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def prompt_text(self, request: GenerationRequest) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.model_path}: the tokenizer has no chat template")
+        return str(self.tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True, tokenize=False))
+
+    def stop_ids(self) -> list[int]:
+        """The tokenizer's EOS plus the generation config's (as HFBackend._stop_ids)."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = self.llm.llm_engine.model_config.hf_config.eos_token_id
+        generation = getattr(self.llm, "get_default_sampling_params", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif isinstance(configured, list):
+            ids.update(configured)
+        if generation is not None:
+            ids.update(generation().stop_token_ids or [])
+        return sorted(i for i in ids if i is not None)
+
+    def generate(self, requests: Sequence[GenerationRequest], settings: GenerationSettings) -> list[GenerationResult]:
+        """One result per request, in order; the whole list goes to the engine as one batch."""
+        from vllm import SamplingParams
+
+        for request in requests:
+            self._spec.check(request.intervention, f"request {request.id}")
+        intervening = any(not r.intervention.is_none for r in requests)
+        if self.compiled and (intervening or settings.record_routing):
+            raise MoteVLLMError(
+                "this engine runs compiled (torch.compile / CUDA graphs), where the MoTE router hooks would "
+                "be traced away; build VLLMBackend with enforce_eager=True for interventions or recording"
+            )
+        if self.prefix_caching and settings.record_routing:
+            raise MoteVLLMError(
+                "routing capture with prefix caching on would miss every cached prompt token; build the "
+                "backend with enable_prefix_caching=False"
+            )
+        stop = self.stop_ids()
+        prompts = [self.prompt_text(r) for r in requests]
+        keys = [f"{uuid.uuid4().hex}-{r.id}" for r in requests] if settings.record_routing else []
+        inputs: list[Any] = []
+        params: list[Any] = []
+        for index, (request, text) in enumerate(zip(requests, prompts, strict=True)):
+            token_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            prompt: dict[str, Any] = {"prompt_token_ids": list(token_ids)}
+            extra: dict[str, Any] = {}
+            if not request.intervention.is_none:
+                extra[INTERVENTION_KEY] = request.intervention.to_json()
+                if self.prefix_caching:
+                    prompt["cache_salt"] = request.intervention.fingerprint()
+            if keys:
+                extra[RECORD_KEY] = keys[index]
+            inputs.append(prompt)  # a vllm.inputs.TokensPrompt
+            params.append(
+                SamplingParams(
+                    max_tokens=settings.max_new_tokens,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    seed=settings.seed if settings.temperature > 0 else None,
+                    stop_token_ids=stop,
+                    extra_args=extra or None,
+                )
+            )
+        outputs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False)
+        records: dict[str, str | None] = {}
+        if keys:
+            records = self.llm.collective_rpc(RPC_FETCH, args=(json.dumps(keys),))[0]
+        results = []
+        for index, (request, text, output) in enumerate(zip(requests, prompts, outputs, strict=True)):
+            encoded = records.get(keys[index]) if keys else None
+            results.append(self._result(request, text, output, stop, encoded, settings))
+        return results
+
+    def _result(
+        self,
+        request: GenerationRequest,
+        prompt: str,
+        output: Any,
+        stop: list[int],
+        encoded: str | None,
+        settings: GenerationSettings,
+    ) -> GenerationResult:
+        tokens = list(output.outputs[0].token_ids)
+        n_gen, finish = finish_of(tokens, stop, str(output.outputs[0].finish_reason))
+        content = [t for t in tokens[:n_gen] if t not in stop and t != self.tokenizer.pad_token_id]
+        text = str(self.tokenizer.decode(content, skip_special_tokens=True))
+        think, answer = split_think(text)
+        n_prompt = len(output.prompt_token_ids)
+        routing = None
+        if settings.record_routing:
+            if encoded is None:
+                raise MoteVLLMError(f"request {request.id}: the engine returned no routing record")
+            worker = WorkerRecord.decode(encoded)
+            routing = build_record(self.tokenizer, worker, prompt, n_prompt, tokens[:n_gen], request.id)
+        return GenerationResult(
+            id=request.id,
+            text=text,
+            think=think,
+            answer=answer,
+            intervention=request.intervention.fingerprint(),
+            n_prompt_tokens=n_prompt,
+            n_generated_tokens=n_gen,
+            finish_reason=finish,
+            routing=routing,
+        )
+
+    def close(self) -> None:
+        """Shut the engine down (frees its processes and memory)."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            shutdown_engine(llm)
+
+
+def finish_of(tokens: list[int], stop: list[int], engine_reason: str) -> tuple[int, str]:
+    """(generated tokens up to and including the first stop token, "stop" | "length"), as HFBackend."""
+    for i, token in enumerate(tokens):
+        if token in stop:
+            return i + 1, "stop"
+    return len(tokens), "stop" if engine_reason == "stop" else "length"
+
+
+def build_record(
+    tokenizer: Any, worker: WorkerRecord, prompt: str, n_prompt: int, generated: list[int], request_id: str
+) -> RoutingRecord:
+    """Prompt tokens then each generated token fed back (the last sampled one is never routed)."""
+    fed = max(len(generated) - 1, 0)
+    expected = np.arange(n_prompt + fed)
+    keep = worker.positions < n_prompt + fed
+    if not np.array_equal(worker.positions[keep], expected):
+        raise MoteVLLMError(
+            f"request {request_id}: routing record covers positions {worker.positions.tolist()[:8]}..., "
+            f"expected 0..{n_prompt + fed - 1} (was a prefix served from cache?)"
+        )
+    pieces = [str(tokenizer.decode([t], skip_special_tokens=False)) for t in generated[:fed]]
+    spans = [Span.PROMPT] * n_prompt + generated_spans(pieces, prompt_opens_think(prompt))
+    return RoutingRecord(
+        topk_ids=worker.topk_ids[keep].astype(np.int32),
+        topk_weights=worker.topk_weights[keep].astype(np.float32),
+        layers=worker.layers.astype(np.int32),
+        span=np.asarray([int(s) for s in spans], dtype=np.int8),
+    )
+
+
+def shutdown_engine(llm: Any) -> None:
+    """Stop an offline engine's processes now (vLLM 0.32 has no public LLM.shutdown)."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    shutdown = getattr(core, "shutdown", None)
+    if callable(shutdown):
+        shutdown()

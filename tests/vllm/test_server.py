@@ -1,0 +1,133 @@
+"""`harness serve`: the OpenAI-compatible server answers a chat completion with a per-request
+intervention and the MoTE RPCs over HTTP; the test owns the process and ends it by its pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from marks import VLLM
+
+from harness.mote import Intervention
+from harness.vllm_plugin.protocol import RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
+
+pytestmark = [*VLLM, pytest.mark.slow]
+
+START_TIMEOUT_S = 420
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(vllm_model_dir, tmp_path_factory):
+    port = free_port()
+    log = Path(tmp_path_factory.mktemp("serve")) / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "harness", "serve", str(vllm_model_dir("qwen3_moe")), "--port", str(port),
+           "--dev-rpc", "--max-model-len", "512", "--dtype", "float32"]  # fmt: skip
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
+            time.sleep(2)
+        yield base, str(vllm_model_dir("qwen3_moe"))
+    finally:
+        # our process group only (start_new_session): the server and the engine it spawned
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode is not None
+
+
+def test_chat_completion_with_per_request_intervention_and_rpc(server):
+    from openai import OpenAI
+
+    base, model = server
+    status = post(f"{base}/collective_rpc", {"method": RPC_STATUS})["results"][0]
+    assert status["compiled"] is False and status["moe_layers"] == {"0": 8, "1": 8, "2": 8}
+    iv = Intervention.suppress({0: [0, 1], 2: [2]}, mode="mask")
+    client = OpenAI(base_url=f"{base}/v1", api_key="unused")
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What happened in the city last year?"}],
+        max_tokens=8,
+        temperature=0.0,
+        extra_body={"vllm_xargs": {"mote": iv.to_json(), RECORD_KEY: "served-1"}},
+    )
+    assert reply.choices[0].message.content is not None
+    fetched = post(f"{base}/collective_rpc", {"method": RPC_FETCH, "args": [json.dumps(["served-1"])]})
+    record = WorkerRecord.decode(fetched["results"][0]["served-1"])
+    assert record.topk_ids.shape[0] >= reply.usage.prompt_tokens
+    layer0 = record.topk_ids[:, list(record.layers).index(0)]
+    assert not np.isin(layer0, [0, 1]).any()
+
+
+def test_serve_command_passes_vllm_arguments_through_after_its_defaults():
+    from harness.cli.serve import SERVER_MODULE, server_command
+
+    argv, env = server_command(
+        "/m", ["--port", "9001", "--tensor-parallel-size", "8", "--enable-expert-parallel", "--dev-rpc"]
+    )
+    assert argv[1:3] == ["-m", SERVER_MODULE]
+    assert argv[argv.index("--port") + 1] == "9001" and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv.index("--enforce-eager") < argv.index("--tensor-parallel-size")  # user args come last
+    assert argv[-3:] == ["--tensor-parallel-size", "8", "--enable-expert-parallel"]
+    assert env["VLLM_SERVER_DEV_MODE"] == "1"
+
+
+def test_openai_backend_matches_hf_through_the_server(server, hf_backend):
+    from harness.backends.base import GenerationRequest, GenerationSettings
+    from harness.backends.openai_backend import OpenAIBackend
+
+    base, model = server
+    client = OpenAIBackend(base, model, model)
+    reference = hf_backend("qwen3_moe")
+    assert client.spec == reference.spec
+    prompt = "What happened in the city last year? Let me think about it step by step."
+    ivs = [
+        Intervention.none(),
+        Intervention.suppress({0: [0, 1], 2: [2]}, mode="drop"),
+        Intervention.suppress({0: [0, 1], 2: [2]}, mode="mask"),
+        Intervention.stimulate({0: [3], 2: [4]}),
+    ]
+    requests = [GenerationRequest(id=str(i), prompt=prompt, intervention=iv) for i, iv in enumerate(ivs)]
+    settings = GenerationSettings(max_new_tokens=12, record_routing=True)
+    for got, expected in zip(client.generate(requests, settings), reference.generate(requests, settings), strict=True):
+        assert got.text == expected.text
+        assert (got.n_prompt_tokens, got.n_generated_tokens) == (expected.n_prompt_tokens, expected.n_generated_tokens)
+        assert np.array_equal(got.routing.span, expected.routing.span)
+        assert np.array_equal(np.sort(got.routing.topk_ids, -1), np.sort(expected.routing.topk_ids, -1))
