@@ -32,6 +32,7 @@ table.leaderboard tr:nth-child(even) td { background: #fafbfc; }
 section.run { margin-top: 28px; border-top: 2px solid #ddd; }
 div.plots { display: flex; flex-wrap: wrap; gap: 16px; }
 figure { margin: 0; max-width: 640px; }
+figure.wide { max-width: 1296px; flex-basis: 100%; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
 """
@@ -99,6 +100,11 @@ def table_html(header: Sequence[str], rows: Sequence[Cells], table_id: str = "le
     )
 
 
+# layer x expert maps are wide (up to 16 x 3 inches): they take a whole row of the plot grid
+WIDE_PLOTS = frozenset({"ftri_map"})
+WIDE = ' class="wide"'
+
+
 def run_section(run: RunResults, plots: Sequence[Plot], page_dir: Path) -> str:
     info = run.ftri()
     lines = [f'<section class="run" id="run-{html.escape(run.run_id)}">', f"<h2>{html.escape(run.run_id)}</h2>"]
@@ -119,8 +125,9 @@ def run_section(run: RunResults, plots: Sequence[Plot], page_dir: Path) -> str:
     lines.append('<div class="plots">')
     for plot in plots:
         src = plot.path.relative_to(page_dir).as_posix()
+        wide = WIDE if plot.name in WIDE_PLOTS else ""
         lines.append(
-            f'<figure><img src="{html.escape(src)}" alt="{html.escape(plot.title)}">'
+            f'<figure{wide}><img src="{html.escape(src)}" alt="{html.escape(plot.title)}">'
             f"<figcaption><b>{html.escape(plot.title)}.</b> {html.escape(plot.caption)}</figcaption></figure>"
         )
     lines += ["</div>", "</section>"]
