@@ -220,3 +220,34 @@ def bootstrap_stability(
         "jaccard_min": float(values.min()),
         "n_resamples": float(n_resamples),
     }
+
+
+def rank_with_stability(
+    prompts: Sequence[PromptCounts],
+    layers: Sequence[int],
+    target: str,
+    other: str,
+    k: int,
+    score: Score = "mean_diff",
+    exclude: ExpertSet | None = None,
+    always_on_threshold: float | None = 0.5,
+    bootstrap: int = 200,
+    seed: int = 0,
+) -> FtriResult:
+    """`rank`, with `stability` filled from `bootstrap` resamples of the top k (none when 0)."""
+    result = rank(prompts, layers, target, other, score, exclude, always_on_threshold)
+    if not bootstrap:
+        return result
+    stability = bootstrap_stability(
+        prompts,
+        layers,
+        target,
+        other,
+        k,
+        score,
+        exclude,
+        always_on_threshold,
+        n_resamples=bootstrap,
+        seed=seed,
+    )
+    return FtriResult(**{**result.__dict__, "stability": stability})

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from harness import ftri
+from harness import ftri, ftri_io
 from harness.backends.base import Backend, GenerationRequest, GenerationResult, GenerationSettings
 from harness.errors import InputError
 from harness.metrics import Condition, language_rows, mt_bench_rows, qa_rows, refusal_rows, unscored_rows
 from harness.mote.experts import ExpertSet
-from harness.mote.intervention import Intervention, Mode, load_intervention, save_intervention
+from harness.mote.intervention import Intervention, Mode, load_intervention
 from harness.mote.random_baseline import random_intervention_like
 from harness.mote.records import Span
 from harness.mote.spec import ModelSpec
@@ -199,41 +199,35 @@ class Runner:
         unscored = 0
         for item in work:
             label = labels.get((spec.task, DISCOVERY, item.prompt.id, judge))
-            if label is None or label == "unscored":
+            if label is None or label == ftri_io.UNSCORED:
                 unscored += 1
                 continue
-            if label in spec.target:
-                cls = "target"
-            elif spec.other is None or label in spec.other:
-                cls = "other"
-            else:
+            cls = ftri_io.classify(label, spec.target, spec.other)
+            if cls is None:
                 continue
             map_, tokens = counts[item.prompt.id]
             prompts.append(ftri.PromptCounts(map_, tokens, cls))
-        n_target = sum(p.label == "target" for p in prompts)
+        n_target = sum(p.label == ftri_io.TARGET for p in prompts)
         if n_target == 0 or n_target == len(prompts):
             raise RuntimeError(
                 f"fTRI needs both classes on the {spec.split} split of {spec.task!r}: {n_target} of {len(prompts)} "
                 f"judged prompts are {spec.target} ({unscored} unscored)"
             )
         layers = list(self.spec.moe_layers)
-        result = ftri.rank(prompts, layers, "target", "other", spec.score, spec.excluded, spec.always_on_threshold)
-        if spec.bootstrap:
-            stability = ftri.bootstrap_stability(
-                prompts,
-                layers,
-                "target",
-                "other",
-                spec.k,
-                spec.score,
-                spec.excluded,
-                spec.always_on_threshold,
-                n_resamples=spec.bootstrap,
-                seed=self.suite.seed,
-            )
-            result = ftri.FtriResult(**{**result.__dict__, "stability": stability})
+        result = ftri.rank_with_stability(
+            prompts,
+            layers,
+            ftri_io.TARGET,
+            ftri_io.OTHER,
+            spec.k,
+            spec.score,
+            spec.excluded,
+            spec.always_on_threshold,
+            bootstrap=spec.bootstrap,
+            seed=self.suite.seed,
+        )
         self._write_ftri(result, unscored)
-        target, other = ftri.class_stats(prompts, "target"), ftri.class_stats(prompts, "other")
+        target, other = ftri.class_stats(prompts, ftri_io.TARGET), ftri.class_stats(prompts, ftri_io.OTHER)
         np.savez_compressed(
             self.store.root / "ftri_maps.npz",
             layers=np.asarray(layers, dtype=np.int32),
@@ -246,50 +240,29 @@ class Runner:
     def _write_ftri(self, result: ftri.FtriResult, unscored: int) -> None:
         spec = self.suite.ftri
         assert spec is not None
-        intervention = result.intervention(spec.k, mode=_primary_mode(self.suite))
-        intervention = intervention.model_copy(
-            update={
-                "provenance": {
-                    **intervention.provenance,
-                    "span": spec.span,
-                    "task": spec.task,
-                    "split": spec.split,
-                    "target_labels": spec.target,
-                    "run": self.store.root.name,
-                }
-            }
+        setup = ftri_io.FtriSetup(
+            span=spec.span,
+            k=spec.k,
+            target_labels=spec.target,
+            other_labels=spec.other,
+            mode=_primary_mode(self.suite),
+            task=spec.task,
+            split=spec.split,
         )
-        save_intervention(intervention, self.store.root / "experts.yaml")
-        self.store.write_json(
-            "ftri.json",
-            {
-                "schema_version": SCHEMA_VERSION,
-                "task": spec.task,
-                "split": spec.split,
-                "span": spec.span,
-                "score": spec.score,
-                "k": spec.k,
-                "classes": {"target": spec.target, "other": spec.other or "every other scored label"},
-                "n_prompts": result.n_prompts,
-                "n_tokens": result.n_tokens,
-                "unscored": unscored,
-                "excluded": result.excluded.to_mapping(),
-                "stability": result.stability,
-                "top": [r.__dict__ for r in result.rows(max(50, spec.k))],
-            },
+        ftri_io.write_ftri(
+            result,
+            setup,
+            self.store.root / "experts.yaml",
+            self.store.root / "ftri.json",
+            unscored=unscored,
+            source={"run": self.store.root.name},
         )
 
     def _discovery_counts(self) -> dict[str, tuple[np.ndarray, int]]:
         """Per prompt of the discovery run: counts [moe_layers, n_experts] of the fTRI span, tokens."""
         spec = self.suite.ftri
         assert spec is not None
-        spans = {
-            "prompt": [Span.PROMPT],
-            "think": [Span.THINK],
-            "answer": [Span.ANSWER],
-            "generated": [Span.THINK, Span.ANSWER],
-            "all": [Span.PROMPT, Span.THINK, Span.ANSWER],
-        }[spec.span]
+        spans = ftri_io.SPAN_PARTS[spec.span]
         out: dict[str, tuple[np.ndarray, int]] = {}
         for chunk in sorted(self.store.routing_dir.glob("discovery-*.npz")):
             with np.load(chunk) as data:
