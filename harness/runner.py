@@ -8,6 +8,7 @@ without losing, duplicating or re-judging anything.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -527,7 +528,16 @@ def _resolve_model(suite: Suite, suite_path: Path) -> Path:
 
 
 def make_backend(model_path: Path, suite: Suite) -> Backend:
-    """The suite's backend: transformers (CPU reference) or a MoTE-enabled vLLM engine."""
+    """The suite's backend: transformers (CPU reference), a MoTE-enabled vLLM engine, or a served one."""
+    if suite.backend == "openai":
+        from harness.backends.openai_backend import OpenAIBackend
+
+        server = suite.server
+        assert server is not None  # the suite schema requires it
+        key = os.environ.get(server.api_key_env, "") if server.api_key_env else ""
+        return OpenAIBackend(
+            server.base_url, server.model, model_path, api_key=key or "unused", concurrency=server.concurrency
+        )
     if suite.backend == "vllm":
         from harness.backends.vllm import VLLMBackend
 

@@ -76,6 +76,16 @@ class EndpointSpec(_Spec):
     max_concurrency: int = Field(default=8, ge=1)
 
 
+class ServerSpec(_Spec):
+    """A served MoTE-enabled vLLM (`harness serve MODEL --dev-rpc`) for `backend: openai`. `model` is
+    the name the server serves; the suite's `model` stays the local folder with its tokenizer."""
+
+    base_url: str  # without /v1, e.g. http://127.0.0.1:8000
+    model: str
+    api_key_env: str | None = None  # env var *named* here holds the key (none: the server needs none)
+    concurrency: int = Field(default=16, ge=1)
+
+
 class FtriSpec(_Spec):
     task: str
     split: Literal["discovery", "evaluation"] = "discovery"
@@ -138,9 +148,10 @@ class EvaluationSpec(_Spec):
 class Suite(_Spec):
     schema_version: Literal[1] = 1
     name: str
-    model: str  # local folder or "organism"
-    backend: Literal["hf", "vllm"] = "hf"
+    model: str  # local folder or "organism" (backend openai: the served model's local folder, for its tokenizer)
+    backend: Literal["hf", "vllm", "openai"] = "hf"
     engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM unchanged (vllm backend)
+    server: ServerSpec | None = None  # backend openai
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     tasks: list[TaskSpec] = Field(min_length=1)
     judges: dict[str, EndpointSpec] = Field(default_factory=dict)  # e.g. {"refusal-llm": {...}}
@@ -153,6 +164,8 @@ class Suite(_Spec):
     @model_validator(mode="after")
     def _consistent(self) -> Suite:
         names = [t.name for t in self.tasks]
+        if self.backend == "openai" and self.server is None:
+            raise ValueError("backend openai needs server: {base_url, model} of a `harness serve --dev-rpc` endpoint")
         if len(names) != len(set(names)):
             raise ValueError("task names must be unique")
         needs_ftri = self.conditions.targeted is not None and self.conditions.targeted.intervention is None

@@ -131,3 +131,32 @@ def test_openai_backend_matches_hf_through_the_server(server, hf_backend):
         assert (got.n_prompt_tokens, got.n_generated_tokens) == (expected.n_prompt_tokens, expected.n_generated_tokens)
         assert np.array_equal(got.routing.span, expected.routing.span)
         assert np.array_equal(np.sort(got.routing.topk_ids, -1), np.sort(expected.routing.topk_ids, -1))
+
+
+def test_harness_run_with_backend_openai_runs_every_condition_through_the_server(server, tmp_path):
+    from harness.runner import Runner
+    from harness.suite import load_suite
+
+    base, model = server
+    (tmp_path / "iv.yaml").write_text("kind: suppress\nmode: drop\nexperts: {0: [0, 1], 2: [2]}\n")
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(
+        f"""name: served
+model: {model}
+backend: openai
+server: {{base_url: "{base}", model: "{model}"}}
+generation: {{max_new_tokens: 8}}
+tasks:
+  - {{name: sensitive, type: refusal, source: organism/refusal, judge: refusal-string, limit: 3}}
+conditions:
+  targeted: {{intervention: iv.yaml, modes: [drop, mask]}}
+  random: {{seeds: 2, modes: [drop]}}
+"""
+    )
+    rows = Runner(load_suite(suite_file), suite_file, tmp_path / "run").run()
+    conditions = {r.condition for r in rows if r.metric == "refusal_rate"}
+    assert {"baseline", "targeted", "targeted:mask", "random"} <= conditions
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    prompts = {s["id"] for s in samples}
+    assert len(samples) == 5 * len(prompts)  # baseline, 2 targeted modes, 2 random seeds
+    assert len({s["intervention"] for s in samples}) == 5
