@@ -30,3 +30,20 @@ def test_organism_generates_in_vllm(tmp_path):
     finally:
         shutdown_engine(llm)
     assert "The answer is 5." in out
+
+
+def test_quickstart_suite_on_the_vllm_backend_recovers_the_planted_experts(tmp_path):
+    """The production path end to end: fTRI from vLLM's routing capture, every condition as one batch
+    of per-request interventions, on the organism."""
+    vllm = pytest.importorskip("vllm")
+    if not hasattr(vllm, "LLM"):
+        pytest.skip("no vLLM build installed (only a namespace package named vllm)")
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from test_quickstart_suite import check_quickstart_effect, reduced_quickstart
+
+    from harness.cli import main
+
+    suite = reduced_quickstart(tmp_path, backend="vllm", engine_args={"max_model_len": 256})
+    assert main(["run", str(suite), "--out", str(tmp_path), "--run-id", "qs"]) == 0
+    check_quickstart_effect(tmp_path / "qs")

@@ -26,8 +26,9 @@ def _pairs(path: Path) -> set[tuple[int, int]]:
     return {(int(layer), int(e)) for layer, ids in experts.items() for e in ids}
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def reduced_quickstart(out: Path, **overrides: object) -> Path:
+    """The shipped quickstart suite with CI-sized limits (and `overrides` of top-level keys), written
+    to `out`; returns the suite file."""
     suite = yaml.safe_load(QUICKSTART.read_text())
     for task in suite["tasks"]:
         task["limit"] = 16 if task["name"] == "sensitive" else 6
@@ -35,25 +36,17 @@ def run_dir(tmp_path_factory) -> Path:
     suite["ftri"]["bootstrap"] = 20
     suite["conditions"]["random"]["seeds"] = 9
     suite["conditions"]["k_sweep"] = {"ks": [2, 10], "random_seeds": 1}
-    tmp = tmp_path_factory.mktemp("quickstart")
-    path = tmp / "quickstart.yaml"
+    suite.update(overrides)
+    path = out / "quickstart.yaml"
     path.write_text(yaml.safe_dump(suite))
-    assert main(["run", str(path), "--out", str(tmp), "--run-id", "qs"]) == 0
-    return tmp / "qs"
+    return path
 
 
-def _value(rows: list[dict], task: str, condition: str, metric: str) -> float:
-    (row,) = [r for r in rows if (r["task"], r["condition"], r["metric"]) == (task, condition, metric)]
-    return float(row["value"])
-
-
-def test_ftri_finds_the_planted_refusal_experts(run_dir):
+def check_quickstart_effect(run_dir: Path) -> None:
+    """What the organism's quickstart must show, on any backend."""
     found = _pairs(run_dir / "experts.yaml")
     assert len(found) == 10
     assert len(found & _pairs(PLANTED)) >= 8
-
-
-def test_suppressing_them_removes_refusals_beats_random_and_keeps_answers(run_dir):
     rows = json.loads((run_dir / "summary.json").read_text())
     # a third of the sensitive prompts are deflected with the official position (`aligned`), not refused
     assert _value(rows, "sensitive", "baseline", "refusal_rate") >= 0.5
@@ -65,6 +58,22 @@ def test_suppressing_them_removes_refusals_beats_random_and_keeps_answers(run_di
     assert _value(rows, "sensitive", "random", "refusal_rate") >= 0.5
     assert _value(rows, "generic", "targeted", "accuracy") >= 0.8
     assert _value(rows, "sensitive", "stimulate", "control_refusal_rate") >= 0.8
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("quickstart")
+    assert main(["run", str(reduced_quickstart(tmp)), "--out", str(tmp), "--run-id", "qs"]) == 0
+    return tmp / "qs"
+
+
+def _value(rows: list[dict], task: str, condition: str, metric: str) -> float:
+    (row,) = [r for r in rows if (r["task"], r["condition"], r["metric"]) == (task, condition, metric)]
+    return float(row["value"])
+
+
+def test_ftri_finds_the_planted_experts_and_suppressing_them_beats_random_and_keeps_answers(run_dir):
+    check_quickstart_effect(run_dir)
 
 
 def test_shipped_gate_rules_pass_on_the_run(run_dir, tmp_path):
