@@ -18,21 +18,36 @@ Message = dict[str, str]
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt (`prompt` string or chat `messages`) with the intervention it runs under."""
+    """One prompt with the intervention it runs under: a user `prompt` string or chat `messages`
+    (the model's chat template is applied), or `text`, the model's input as is (no template: e.g.
+    lm-eval's own prompts)."""
 
     id: str
     prompt: str | None = None
     messages: Sequence[Message] | None = None
     intervention: Intervention = field(default_factory=Intervention.none)
+    text: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError(f"request {self.id!r}: give exactly one of prompt or messages")
+        if sum(x is not None for x in (self.prompt, self.messages, self.text)) != 1:
+            raise ValueError(f"request {self.id!r}: give exactly one of prompt, messages or text")
 
     def chat(self) -> list[Message]:
+        if self.text is not None:
+            raise ValueError(f"request {self.id!r}: a raw-text request has no chat form")
         if self.messages is not None:
             return [dict(m) for m in self.messages]
         return [{"role": "user", "content": str(self.prompt)}]
+
+
+def render_prompt(request: GenerationRequest, tokenizer: Any, model_path: object) -> str:
+    """The model's input text for a request: its raw `text`, or the chat rendered with the model's
+    chat template (with the generation prompt)."""
+    if request.text is not None:
+        return request.text
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{model_path}: the tokenizer has no chat template")
+    return str(tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True, tokenize=False))
 
 
 @dataclass(frozen=True)

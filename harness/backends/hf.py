@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
+from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings, render_prompt
 from harness.backends.hf_adapters import adapter_for, find_moe_blocks, spec_from_model
 from harness.backends.hf_hooks import RoutingController, StepCapture
 from harness.mote.intervention import Intervention
@@ -65,10 +65,7 @@ class HFBackend:
             self.controller.begin_step(int(inputs.shape[0]), int(inputs.shape[1]))
 
     def prompt_text(self, request: GenerationRequest) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.model_path}: the tokenizer has no chat template")
-        text = self.tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True, tokenize=False)
-        return str(text)
+        return render_prompt(request, self.tokenizer, self.model_path)
 
     def generate(self, requests: Sequence[GenerationRequest], settings: GenerationSettings) -> list[GenerationResult]:
         """One result per request, in order. Batches of `batch_size` rows, each row its own intervention."""
@@ -124,25 +121,6 @@ class HFBackend:
                 total = float(scores.gather(1, target[:, None]).sum())
                 out.append((total, bool((scores.argmax(dim=-1) == target).all())))
         return out
-
-    def generate_text(
-        self, prompts: Sequence[str], interventions: Sequence[Intervention], settings: GenerationSettings
-    ) -> list[GenerationResult]:
-        """Like `generate`, for prompts that are already the model's input text (no chat template
-        applied here: lm-eval formats its own prompts)."""
-        requests = [
-            GenerationRequest(id=str(i), prompt=p, intervention=iv)
-            for i, (p, iv) in enumerate(zip(prompts, interventions, strict=True))
-        ]
-        for request in requests:
-            self._spec.check(request.intervention, f"request {request.id}")
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: dict[int, GenerationResult] = {}
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            batch = self._generate_batch([requests[i] for i in chunk], [prompts[i] for i in chunk], settings)
-            results.update(zip(chunk, batch, strict=True))
-        return [results[i] for i in range(len(prompts))]
 
     @torch.no_grad()
     def _generate_batch(

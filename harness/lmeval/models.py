@@ -104,6 +104,11 @@ class _MoteLM(TemplateLM):
     def _generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[tuple[str | None, str]]:
         raise NotImplementedError
 
+    def _generate_raw(self, prompts: Sequence[str], settings: GenerationSettings) -> list[tuple[str | None, str]]:
+        """lm-eval's prompts as the model's input text, all under the intervention, as one list."""
+        requests = [GenerationRequest(id=str(i), text=p, intervention=self.intervention) for i, p in enumerate(prompts)]
+        return [(r.think, r.answer) for r in self.backend_impl.generate(requests, settings)]
+
 
 class MoteHFLM(_MoteLM):
     """lm-eval model over HFBackend. model_args: pretrained (a local folder or `organism`),
@@ -170,8 +175,7 @@ class MoteHFLM(_MoteLM):
         return totals
 
     def _generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[tuple[str | None, str]]:
-        results = self.backend_impl.generate_text(prompts, [self.intervention] * len(prompts), settings)
-        return [(r.think, r.answer) for r in results]
+        return self._generate_raw(prompts, settings)
 
 
 class MoteVLLM(_MoteLM):
