@@ -33,9 +33,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench/ftri.json"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    ids = [
-        rng.integers(0, EXPERTS, (args.tokens, LAYERS, TOP_K), dtype=np.int32) for _ in range(args.prompts)
-    ]
+    ids = [rng.integers(0, EXPERTS, (args.tokens, LAYERS, TOP_K), dtype=np.int32) for _ in range(args.prompts)]
     events = args.prompts * args.tokens * LAYERS
 
     start = time.perf_counter()

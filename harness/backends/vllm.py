@@ -28,6 +28,7 @@ from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
 from harness.think import generated_spans, prompt_opens_think, split_think
 from harness.vllm_plugin import WORKER_EXTENSION, MoteVLLMError
+from harness.vllm_plugin.compiled import safe_compilation_config
 from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
 
 
@@ -48,7 +49,10 @@ class VLLMBackend:
     ) -> None:
         """`engine_args` go to `vllm.LLM` unchanged (tensor_parallel_size, enable_expert_parallel,
         distributed_executor_backend, gpu_memory_utilization, ...). `enforce_eager=False` runs the
-        compiled engine, on which interventions and recording are refused."""
+        compiled engine (torch.compile; on GPU piecewise CUDA graphs split at the MoE op, from
+        `safe_compilation_config()` unless `compilation_config` is given), where interventions and
+        recording work as in eager mode (harness.vllm_plugin.compiled; refused if the MoE op would be
+        traced or captured)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoTokenizer
         from vllm import LLM
@@ -65,12 +69,17 @@ class VLLMBackend:
         }
         if max_model_len is not None:
             args["max_model_len"] = max_model_len  # default: the model's own limit
+        if not enforce_eager and "compilation_config" not in engine_args:
+            safe = safe_compilation_config()
+            if safe:
+                args["compilation_config"] = safe
         args.update(engine_args)
         self.engine_args = args
         self.prefix_caching = bool(args["enable_prefix_caching"])
         self.llm: Any = LLM(**args)
         self.status: dict[str, Any] = self.llm.collective_rpc(RPC_STATUS)[0]
         self.compiled = bool(self.status["compiled"])
+        self.hook_problem: str | None = self.status.get("hook_problem")
         layers = {int(k): int(v) for k, v in self.status["moe_layers"].items()}
         config = self.llm.llm_engine.model_config.hf_config
         self._spec = ModelSpec(
@@ -110,10 +119,11 @@ class VLLMBackend:
         for request in requests:
             self._spec.check(request.intervention, f"request {request.id}")
         intervening = any(not r.intervention.is_none for r in requests)
-        if self.compiled and (intervening or settings.record_routing):
+        if self.hook_problem is not None and (intervening or settings.record_routing):
             raise MoteVLLMError(
-                "this engine runs compiled (torch.compile / CUDA graphs), where the MoTE router hooks would "
-                "be traced away; build VLLMBackend with enforce_eager=True for interventions or recording"
+                f"this engine cannot run the MoTE router hooks every step ({self.hook_problem}); build "
+                "VLLMBackend with enforce_eager=True, or without your compilation_config, for interventions "
+                "or recording"
             )
         if self.prefix_caching and settings.record_routing:
             raise MoteVLLMError(

@@ -4,8 +4,10 @@
 process (API server, engine core, workers) before the model is built. It checks the vLLM version and
 every internal name the hooks use (failing loudly if one moved), then wraps
 `GPUModelRunner._model_forward` (CPUModelRunner inherits it) so each step knows which request each
-token belongs to. The router hooks themselves are installed lazily, per model, on the first step
-that needs them (see runtime.py). `MOTE_VLLM_PLUGIN=off` disables the plugin entirely.
+token belongs to, and `MoERunner.__init__` so each router's output passes through the MoTE route
+hook (route_hook.py: an opaque op where torch.compile traces the router, so it runs every step of a
+compiled engine too). What the hook does is installed lazily, per model, on the first step that
+needs it (see runtime.py). `MOTE_VLLM_PLUGIN=off` disables the plugin entirely.
 
 Named RPCs live in `harness.vllm_plugin.worker.MoteWorkerExtension` (pass it as
 `worker_extension_cls`).
@@ -31,6 +33,8 @@ def register() -> None:
     check_version()
     check_hook_points()
     _patch_model_forward()
+    _patch_moe_runner_init()
+    _patch_compile_cache_key()
 
 
 def _patch_model_forward() -> None:
@@ -65,3 +69,56 @@ def _patch_model_forward() -> None:
     setattr(_model_forward, _MARK, True)
     runner_class: Any = GPUModelRunner
     runner_class._model_forward = _model_forward
+
+
+def _patch_moe_runner_init() -> None:
+    """Each MoE layer's router ends with the MoTE route hook from the moment it is built, before
+    vLLM compiles the model (route_hook.py)."""
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+
+    original = MoERunner.__init__
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        from vllm.config import CompilationMode, get_current_vllm_config
+
+        from harness.vllm_plugin.compiled import MOE_OPS, op_name
+        from harness.vllm_plugin.route_hook import wrap_router
+
+        mode = get_current_vllm_config().compilation_config.mode
+        compiling = mode is not None and mode != CompilationMode.NONE
+        # the router is traced when the engine compiles and vLLM calls the MoE body directly (CPU);
+        # inside the opaque moe_forward op (GPU) or in an eager engine it runs as Python
+        traced = compiling and op_name(getattr(self, "_forward_entry", None)) not in MOE_OPS
+        wrap_router(self.router, str(self.layer_name), via_op=traced)
+
+    setattr(__init__, _MARK, True)
+    runner_class: Any = MoERunner
+    runner_class.__init__ = __init__
+
+
+# Bump when what the plugin puts into a compiled graph changes.
+COMPILE_CACHE_FACTOR = "mote-route-hook-1"
+
+
+def _patch_compile_cache_key() -> None:
+    """vLLM keeps compiled graphs on disk (VLLM_CACHE_ROOT/torch_compile_cache/torch_aot_compile/<hash>,
+    `vllm/compilation/decorators.py`) under a hash of the config and vLLM's env vars, which does not
+    see the plugin. Add a factor, so a graph compiled without the plugin (no route hook op: the per-step
+    check would refuse every MoTE request) is never loaded by an engine with it, and vice versa."""
+    from vllm.compilation import caching
+
+    original = caching.aot_compile_hash_factors
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def aot_compile_hash_factors(vllm_config: Any) -> list[str]:
+        return [*original(vllm_config), COMPILE_CACHE_FACTOR]
+
+    setattr(aot_compile_hash_factors, _MARK, True)
+    module: Any = caching
+    module.aot_compile_hash_factors = aot_compile_hash_factors

@@ -52,9 +52,24 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "absolute layer index of an MoE layer",
     ),
     HookPoint(
+        "vllm.config",
+        "get_current_vllm_config",
+        "read while an MoE layer is built: is the engine compiled, is the router traced",
+    ),
+    HookPoint(
+        "vllm.compilation.caching",
+        "aot_compile_hash_factors",
+        "wrapped: compiled graphs cached on disk are keyed apart from graphs compiled without the plugin",
+    ),
+    HookPoint(
+        "vllm.utils.torch_utils",
+        "direct_register_custom_op",
+        "registers the opaque mote::route_hook op the compiled graph calls every step",
+    ),
+    HookPoint(
         "vllm.model_executor.layers.fused_moe.router.base_router",
         "BaseRouter._compute_routing",
-        "wrapped per layer: logical top-k ids before expert-parallel / EPLB remapping",
+        "wrapped per layer when it is built: logical top-k ids before expert-parallel / EPLB remapping",
     ),
     HookPoint(
         "vllm.model_executor.layers.fused_moe.router.base_router",
@@ -107,4 +122,11 @@ def check_runner(runner: object) -> None:
         raise MoteVLLMError(
             f"mote vLLM plugin: the model runner {type(runner).__name__} has no attribute(s) "
             f"{', '.join(missing)}: the token -> request mapping cannot be built on this vLLM version"
+        )
+    forward = getattr(type(runner), "_model_forward", None)
+    if not getattr(forward, "_mote_wrapped", False):
+        raise MoteVLLMError(
+            f"mote vLLM plugin: {type(runner).__name__}._model_forward is not the MoTE wrapper (the runner "
+            "class overrides it, or the plugin was not registered in this process), so no step would "
+            "know its requests' interventions"
         )

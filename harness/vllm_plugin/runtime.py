@@ -6,17 +6,20 @@ engines keeps them apart). Each step, the wrapped `_model_forward` reads the sch
 - the intervention tables of the distinct interventions in the step plus a final "none" row
   (`build_layer_tables`), and each token's row index (`rows_for_tokens` picks per-token flags);
 - which requests are recorded, and where their tokens sit in the step.
-Each MoE layer's router has its `_compute_routing` wrapped (an instance attribute): vLLM's own
-routing runs first; tokens whose row edits the selection are re-selected with
+Each MoE layer's router ends with the route hook (route_hook.py, installed when the layer is built;
+`install` says what it does): vLLM's own routing runs first; tokens whose row edits the selection are re-selected with
 `selection.edited_routing`; drop-mode rows go through `drop_after_topk`; recorded ids are the
 logical ids, before any EPLB / expert-parallel remapping. Outside a step (profiling and warm-up
-runs) the hooks pass everything through.
+runs) the hooks pass everything through. On a compiled engine the hooks are used only when
+`compiled.compiled_hook_problem` finds none, and every step that uses them checks at its end that
+each MoE layer's hook ran exactly once on the step's tokens (`check_fired`), else it raises.
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +29,9 @@ import torch
 from harness.mote.intervention import Intervention
 from harness.mote.routing import LayerTables, build_layer_tables, drop_after_topk, rows_for_tokens
 from harness.vllm_plugin.checks import MoteVLLMError, check_runner
+from harness.vllm_plugin.compiled import MoEPath, compiled_hook_problem, op_name
 from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, WorkerRecord
+from harness.vllm_plugin.route_hook import HOOK_ATTR, KEY_ATTR, VIA_OP_ATTR
 from harness.vllm_plugin.selection import RouterMath, edited_routing, router_math
 
 _ATTR = "_mote_runtime"
@@ -40,16 +45,47 @@ class LayerHook:
     n_experts: int
     math: RouterMath | None
     math_error: str | None
+    column: int  # this layer's index in a record's layer axis (layers in ascending order)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What a step's interventions need, for one list of per-request interventions (cached: decode
+    steps of the same requests reuse it)."""
+
+    tables: dict[int, LayerTables]
+    row_of_req: np.ndarray  # int64 [requests]; none_row = no intervention
+    none_row: int
+    uniform_row: int | None  # every request on this row (then no per-token gather is needed)
+    edits: dict[int, tuple[list[bool], list[bool]]]  # layer -> per row: (edits the selection, drops)
+
+
+@dataclass(frozen=True)
+class RequestScan:
+    """The scheduled requests of a step, as the hooks need them."""
+
+    req_ids: list[str]
+    state_ids: list[int]  # id() of each request's state: a new request is a new state object
+    record_all: bool
+    texts: tuple[str | None, ...]  # each request's `mote` extra arg
+    any_text: bool
+    recorded_slots: np.ndarray  # int64: indices of the recorded requests
+    recorded_keys: list[str]  # their record keys
 
 
 @dataclass
 class StepContext:
     n_tokens: int  # tokens in this forward (padding included)
     tables: dict[int, LayerTables]
-    row_of_token: torch.Tensor  # long [n_tokens]
+    row_of_token: torch.Tensor | None  # long [n_tokens]; None when every token is on uniform_row
     recorded: list[tuple[str, int, int]]  # (key, start, end) in the step's tokens
     positions: np.ndarray | None  # int64 [n_tokens] when recording
-    capture: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    uniform_row: int | None = None
+    edits: dict[int, tuple[list[bool], list[bool]]] = field(default_factory=dict)
+    # the step's routing, [n_tokens, moe_layers, k], filled layer by layer when recording
+    capture_ids: torch.Tensor | None = None
+    capture_weights: torch.Tensor | None = None
+    fired: dict[int, int] = field(default_factory=dict)  # layer -> hook calls this step
 
     @property
     def recording(self) -> bool:
@@ -66,9 +102,14 @@ class MoteRuntime:
         self.step: StepContext | None = None
         self.records: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self.prompt_lengths: dict[str, int] = {}
-        self._parsed: OrderedDict[str, Intervention] = OrderedDict()
+        self._parsed: OrderedDict[str, tuple[Intervention, str]] = OrderedDict()  # text -> (iv, fingerprint)
         self._tables: OrderedDict[tuple[str, ...], dict[int, LayerTables]] = OrderedDict()
+        self._plans: OrderedDict[tuple[Any, ...], StepPlan] = OrderedDict()
+        self._global: tuple[Intervention, str] | None = None
+        self._scan: RequestScan | None = None
         self._installed_on: int | None = None
+        self.hook_problem: str | None = None  # why the hooks would not run every step on this engine
+        self.hook_ops: dict[int, str] = {}  # layer -> the opaque op the hook runs in ("python": none)
 
     @classmethod
     def of(cls, runner: Any) -> MoteRuntime:
@@ -81,7 +122,8 @@ class MoteRuntime:
     # -- configuration ---------------------------------------------------------------------------
     @property
     def compiled(self) -> bool:
-        """True if torch.compile or CUDA graphs run the model: Python hooks would be traced away."""
+        """True if torch.compile or CUDA graphs run the model (the hooks then need compiled.py's
+        conditions, checked at install)."""
         config = self.runner.vllm_config
         if config.model_config.enforce_eager:
             return False
@@ -97,10 +139,22 @@ class MoteRuntime:
             return
         from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
 
+        runners = [module for _, module in model.named_modules() if isinstance(module, MoERunner)]
+        if not runners:
+            raise MoteVLLMError(f"{type(model).__name__}: no FusedMoE layer found; not an MoE model")
+        paths = [
+            MoEPath(
+                name=str(m.layer_name),
+                moe_op=op_name(getattr(m, "_forward_entry", None)),
+                router_wrapped=getattr(m.router, KEY_ATTR, None) is not None,
+                router_via_op=bool(getattr(m.router, VIA_OP_ATTR, False)),
+            )
+            for m in runners
+        ]
+        self.hook_problem = compiled_hook_problem(self.runner.vllm_config, paths)
+        self.hook_ops = {int(m.layer_id): p.hook_op or "python" for m, p in zip(runners, paths, strict=True)}
         layers: dict[int, LayerHook] = {}
-        for _, module in model.named_modules():
-            if not isinstance(module, MoERunner):
-                continue
+        for module in runners:
             if module.is_monolithic:
                 raise MoteVLLMError(
                     f"{module.layer_name}: this MoE kernel is monolithic (routing fused into the expert "
@@ -115,12 +169,13 @@ class MoteRuntime:
                 error = None
             except MoteVLLMError as err:
                 math, error = None, str(err)
-            hook = LayerHook(layer, router, n_experts, math, error)
-            router._compute_routing = self._wrap(hook, router._compute_routing)
+            hook = LayerHook(layer, router, n_experts, math, error, column=-1)
+            if getattr(router, KEY_ATTR, None) is not None:
+                setattr(router, HOOK_ATTR, self._hook(hook))
             layers[layer] = hook
-        if not layers:
-            raise MoteVLLMError(f"{type(model).__name__}: no FusedMoE layer found; not an MoE model")
         self.layers = dict(sorted(layers.items()))
+        for column, hook in enumerate(self.layers.values()):
+            hook.column = column
         self._installed_on = id(model)
 
     def n_experts(self) -> dict[int, int]:
@@ -130,13 +185,25 @@ class MoteRuntime:
         return int(next(iter(self.layers.values())).router.top_k)
 
     def parse(self, text: str) -> Intervention:
-        intervention = self._parsed.get(text)
-        if intervention is None:
+        return self._parse(text)[0]
+
+    def _parse(self, text: str) -> tuple[Intervention, str]:
+        parsed = self._parsed.get(text)
+        if parsed is None:
             intervention = Intervention.from_data(json.loads(text), "extra_args.mote")
-            self._parsed[text] = intervention
+            parsed = (intervention, intervention.fingerprint())
+            self._parsed[text] = parsed
             if len(self._parsed) > _CACHE_SIZE:
                 self._parsed.popitem(last=False)
-        return intervention
+        return parsed
+
+    def _global_parsed(self) -> tuple[Intervention, str]:
+        """(global intervention, its fingerprint), recomputed only when the RPC replaced it."""
+        cached = self._global
+        if cached is None or cached[0] is not self.global_intervention:
+            cached = (self.global_intervention, self.global_intervention.fingerprint())
+            self._global = cached
+        return cached
 
     # -- one step --------------------------------------------------------------------------------
     def begin_step(self, n_tokens: int, positions: torch.Tensor | None) -> None:
@@ -145,65 +212,119 @@ class MoteRuntime:
         num_reqs = int(runner.input_batch.num_reqs)
         if num_reqs == 0:
             return
-        req_ids = list(runner.input_batch.req_ids[:num_reqs])
-        interventions: list[Intervention] = []
-        record_keys: list[str | None] = []
-        for rid in req_ids:
-            state = runner.requests.get(rid)
-            params = getattr(state, "sampling_params", None)
-            extra = (getattr(params, "extra_args", None) or {}) if params is not None else {}
-            text = extra.get(INTERVENTION_KEY)
-            interventions.append(self.parse(str(text)) if text else self.global_intervention)
-            key = extra.get(RECORD_KEY)
-            record_key = str(key) if key else (rid if self.record_all else None)
-            record_keys.append(record_key)
-            if record_key is not None and state is not None:
-                self.prompt_lengths[record_key] = int(getattr(state, "num_prompt_tokens", 0) or 0)
-        if all(iv.is_none for iv in interventions) and not any(record_keys):
+        req_ids = runner.input_batch.req_ids[:num_reqs]
+        requests = runner.requests
+        states = list(map(requests.get, req_ids))
+        state_ids = list(map(id, states))
+        scan = self._scan
+        if scan is None or scan.state_ids != state_ids or scan.req_ids != req_ids or scan.record_all != self.record_all:
+            scan = self._scan_requests(req_ids, states, state_ids)
+        global_iv, global_fp = self._global_parsed()
+        if global_iv.is_none and not scan.recorded_keys and not scan.any_text:
             return
-        if self.compiled:
-            raise MoteVLLMError(
-                "MoTE interventions / routing capture requested, but this engine runs the model under "
-                "torch.compile or CUDA graphs, where the router hooks are traced away (nothing would be "
-                "changed or recorded). Start the engine with enforce_eager=True (--enforce-eager)."
-            )
         self.install()
+        if self.hook_problem is not None:
+            raise MoteVLLMError(
+                f"MoTE interventions / routing capture refused: {self.hook_problem}. Nothing would be changed "
+                "or recorded; start the engine with enforce_eager=True (--enforce-eager) or a configuration "
+                "in which the router hook runs outside every graph (docs/vllm.md)."
+            )
+        plan = self._plan(scan.texts, global_iv, global_fp)
+        starts = runner.query_start_loc.np[: num_reqs + 1]
+        row_of_token = None
+        uniform = plan.uniform_row
+        if uniform is None and plan.tables:
+            rows = np.full(n_tokens, plan.none_row, dtype=np.int64)
+            rows[: int(starts[-1])] = np.repeat(plan.row_of_req, np.diff(starts))
+            row_of_token = torch.from_numpy(rows).to(runner.device)
+        recorded: list[tuple[str, int, int]] = []
+        pos = None
+        if scan.recorded_keys:
+            slots = scan.recorded_slots
+            recorded = list(zip(scan.recorded_keys, starts[slots].tolist(), starts[slots + 1].tolist(), strict=True))
+            if positions is not None:
+                flat = positions[0] if positions.dim() == 2 else positions
+                # a copy: on CPU this is a view of the runner's persistent positions buffer
+                pos = flat[:n_tokens].to("cpu", torch.int64).numpy().copy()
+        self.step = StepContext(
+            n_tokens=n_tokens,
+            tables=plan.tables,
+            row_of_token=row_of_token,
+            recorded=recorded,
+            positions=pos,
+            uniform_row=uniform,
+            edits=plan.edits,
+        )
+
+    def _scan_requests(self, req_ids: list[str], states: list[Any], state_ids: list[int]) -> RequestScan:
+        """Each scheduled request's intervention text and record key (a request's `extra_args` never
+        change, so consecutive steps of the same requests reuse this)."""
+        record_all = self.record_all
+        texts: list[str | None] = []
+        keys: list[str | None] = []
+        for rid, state in zip(req_ids, states, strict=True):
+            params = getattr(state, "sampling_params", None)
+            extra = getattr(params, "extra_args", None)
+            text = key = None
+            if extra:
+                text = extra.get(INTERVENTION_KEY)
+                key = extra.get(RECORD_KEY)
+            texts.append(str(text) if text else None)
+            record_key = str(key) if key else (rid if record_all else None)
+            keys.append(record_key)
+            if record_key is not None and record_key not in self.prompt_lengths:
+                self.prompt_lengths[record_key] = int(getattr(state, "num_prompt_tokens", 0) or 0)
+        slots = [i for i, key in enumerate(keys) if key is not None]
+        scan = RequestScan(
+            req_ids=list(req_ids),
+            state_ids=state_ids,
+            record_all=record_all,
+            texts=tuple(texts),
+            any_text=any(texts),
+            recorded_slots=np.asarray(slots, dtype=np.int64),
+            recorded_keys=[str(keys[i]) for i in slots],
+        )
+        self._scan = scan
+        return scan
+
+    def _plan(self, texts: tuple[str | None, ...], global_iv: Intervention, global_fp: str) -> StepPlan:
+        cache_key = (texts, global_fp)
+        plan = self._plans.get(cache_key)
+        if plan is not None:
+            return plan
         unique: dict[str, int] = {}
         rows: list[Intervention] = []
         row_of_req: list[int] = []
-        for iv in interventions:
+        for text in texts:
+            iv, fp = self._parse(text) if text else (global_iv, global_fp)
             if iv.is_none:
                 row_of_req.append(-1)
                 continue
-            fp = iv.fingerprint()
             if fp not in unique:
                 unique[fp] = len(rows)
                 rows.append(iv)
             row_of_req.append(unique[fp])
         none_row = len(rows)
-        starts = np.asarray(runner.query_start_loc.np[: num_reqs + 1], dtype=np.int64)
-        row_of_token = np.full(n_tokens, none_row, dtype=np.int64)
-        recorded: list[tuple[str, int, int]] = []
-        for i in range(num_reqs):
-            start, end = int(starts[i]), int(starts[i + 1])
-            if row_of_req[i] >= 0:
-                row_of_token[start:end] = row_of_req[i]
-            key = record_keys[i]
-            if key is not None:
-                recorded.append((key, start, end))
-        device = runner.device
-        tables = self._tables_for(tuple(unique), rows, device)
-        pos = None
-        if recorded and positions is not None:
-            flat = positions[0] if positions.dim() == 2 else positions
-            pos = flat[:n_tokens].to("cpu", torch.int64).numpy()
-        self.step = StepContext(
-            n_tokens=n_tokens,
+        row_array = np.asarray([none_row if r < 0 else r for r in row_of_req], dtype=np.int64)
+        tables = self._tables_for(tuple(unique), rows, self.runner.device) if rows else {}
+        edits: dict[int, tuple[list[bool], list[bool]]] = {}
+        for layer, table in tables.items():
+            selection = [t for t in (table.block, table.force) if t is not None]
+            sel_rows = [bool(any(bool(t[r].any()) for t in selection)) for r in range(none_row + 1)]
+            drop_rows = [table.drop is not None and bool(table.drop[r].any()) for r in range(none_row + 1)]
+            edits[layer] = (sel_rows, drop_rows)
+        distinct = set(row_array.tolist())
+        plan = StepPlan(
             tables=tables,
-            row_of_token=torch.from_numpy(row_of_token).to(device),
-            recorded=recorded,
-            positions=pos,
+            row_of_req=row_array,
+            none_row=none_row,
+            uniform_row=distinct.pop() if len(distinct) == 1 else None,
+            edits=edits,
         )
+        self._plans[cache_key] = plan
+        if len(self._plans) > _CACHE_SIZE:
+            self._plans.popitem(last=False)
+        return plan
 
     def _tables_for(
         self, key: tuple[str, ...], rows: list[Intervention], device: torch.device
@@ -218,42 +339,59 @@ class MoteRuntime:
 
     def end_step(self) -> None:
         step, self.step = self.step, None
-        if step is None or not step.recording:
+        if step is None:
             return
-        missing = [layer for layer in self.layers if layer not in step.capture]
-        if missing:
-            raise MoteVLLMError(
-                f"routing capture: MoE layers {missing} were not routed through the hooked router this "
-                "step (a compiled or monolithic path bypassed the hook); refusing a partial record"
-            )
-        order = list(self.layers)
-        ids = torch.stack([step.capture[layer][0] for layer in order], dim=1).to("cpu", torch.int32)
-        weights = torch.stack([step.capture[layer][1] for layer in order], dim=1).to("cpu", torch.float32)
-        ids_np, weights_np = ids.numpy(), weights.numpy()
+        self.check_fired(step)
+        if not step.recording:
+            return
+        assert step.capture_ids is not None and step.capture_weights is not None  # check_fired: every layer ran
+        ids_np, weights_np = step.capture_ids.cpu().numpy(), step.capture_weights.cpu().numpy()
         assert step.positions is not None
+        records = self.records
+        # Views of this step's arrays when most of its tokens are recorded (the common case: no
+        # per-request copies); copies otherwise, so a small record never holds a big step alive.
+        views = 2 * sum(end - start for _, start, end in step.recorded) >= step.n_tokens
+        positions = step.positions
         for key, start, end in step.recorded:
-            self.records.setdefault(key, []).append(
-                (step.positions[start:end].copy(), ids_np[start:end].copy(), weights_np[start:end].copy())
+            if views:
+                part = (positions[start:end], ids_np[start:end], weights_np[start:end])
+            else:
+                part = (positions[start:end].copy(), ids_np[start:end].copy(), weights_np[start:end].copy())
+            parts = records.get(key)
+            if parts is None:
+                records[key] = [part]
+            else:
+                parts.append(part)
+
+    def check_fired(self, step: StepContext) -> None:
+        """Every hooked MoE layer's router hook ran exactly once on this step's tokens (`_apply` checks
+        the token count), else the step's interventions / records did not happen: a hook traced into
+        a compiled graph or captured in a CUDA graph, a monolithic kernel, or a second router call."""
+        wrong = {layer: step.fired.get(layer, 0) for layer in self.layers if step.fired.get(layer, 0) != 1}
+        if wrong:
+            raise MoteVLLMError(
+                f"MoTE router hooks: MoE layer -> hook calls this step {wrong} (expected exactly 1 per layer "
+                f"on {step.n_tokens} tokens; compiled engine: {self.compiled}). The router ran without the "
+                "hook (traced into a compiled graph, replayed from a CUDA graph, or a fused kernel), so "
+                "this step's interventions / records did not happen; refusing to continue"
             )
 
     # -- the router hook -------------------------------------------------------------------------
-    def _wrap(self, hook: LayerHook, original: Any) -> Any:
+    def _hook(self, hook: LayerHook) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
+        """What `mote::route_hook` runs for this layer: edit vLLM's routing outputs in place."""
         runtime = self
 
-        def _compute_routing(
-            hidden_states: torch.Tensor,
-            router_logits: torch.Tensor,
-            indices_type: torch.dtype | None,
-            *,
-            input_ids: torch.Tensor | None = None,
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            weights, ids = original(hidden_states, router_logits, indices_type, input_ids=input_ids)
-            if runtime.step is None:
-                return weights, ids
-            return runtime._apply(hook, runtime.step, router_logits, weights, ids)
+        def route(logits: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> None:
+            step = runtime.step
+            if step is None:
+                return
+            new_weights, new_ids = runtime._apply(hook, step, logits, weights, ids)
+            if new_weights is not weights:
+                weights.copy_(new_weights)
+            if new_ids is not ids:
+                ids.copy_(new_ids)
 
-        _compute_routing.__wrapped__ = original  # type: ignore[attr-defined]
-        return _compute_routing
+        return route
 
     def _apply(
         self,
@@ -269,10 +407,26 @@ class MoteRuntime:
                 f"{step.n_tokens}; sequence-parallel / data-parallel token dispatch before routing is "
                 "not supported by the MoTE hooks"
             )
+        step.fired[hook.layer] = step.fired.get(hook.layer, 0) + 1
         tables = step.tables.get(hook.layer)
         dropped = None
-        if tables is not None:
+        if tables is not None and step.uniform_row is not None:
+            # every token on one row: that row's flags broadcast, no per-token gather or merge
+            row = step.uniform_row
+            selects, drops = step.edits[hook.layer]
+            if selects[row]:
+                if hook.math is None:
+                    raise MoteVLLMError(f"layer {hook.layer}: {hook.math_error}")
+                block = None if tables.block is None else tables.block[row : row + 1]
+                force = None if tables.force is None else tables.force[row : row + 1]
+                # int64 ids / float32 weights: the hook's copy_ into vLLM's outputs converts them
+                weights, ids = edited_routing(hook.math, logits, block, force)
+            if drops[row]:
+                assert tables.drop is not None
+                weights, dropped = drop_after_topk(ids, weights, tables.drop[row : row + 1].expand(ids.shape[0], -1))
+        elif tables is not None:
             rows = step.row_of_token
+            assert rows is not None
             if tables.edits_selection:
                 if hook.math is None:
                     raise MoteVLLMError(f"layer {hook.layer}: {hook.math_error}")
@@ -286,14 +440,25 @@ class MoteRuntime:
             if tables.drop is not None:
                 weights, dropped = drop_after_topk(ids, weights, rows_for_tokens(tables.drop, rows))
         if step.recording:
-            recorded = ids if dropped is None else ids.masked_fill(dropped, -1)
-            step.capture[hook.layer] = (recorded.detach(), weights.detach())
+            # copied into the step's buffers: in a compiled graph the routing outputs' memory is
+            # reused after the layer
+            if step.capture_ids is None:
+                shape = (ids.shape[0], len(self.layers), ids.shape[1])
+                step.capture_ids = torch.empty(shape, dtype=torch.int32, device=ids.device)
+                step.capture_weights = torch.empty(shape, dtype=torch.float32, device=ids.device)
+            assert step.capture_weights is not None
+            column = step.capture_ids[:, hook.column]
+            column.copy_(ids)
+            if dropped is not None:
+                column.masked_fill_(dropped, -1)
+            step.capture_weights[:, hook.column].copy_(weights)
         return weights, ids
 
     # -- records ---------------------------------------------------------------------------------
     def pop_record(self, key: str) -> WorkerRecord | None:
         parts = self.records.pop(key, None)
         self.prompt_lengths.pop(key, None)
+        self._scan = None  # a request still running re-registers its prompt length next step
         if not parts:
             return None
         positions = np.concatenate([p for p, _, _ in parts])

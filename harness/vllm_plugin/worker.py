@@ -35,6 +35,12 @@ class MoteWorkerExtension:
             "moe_layers": {str(layer): n for layer, n in runtime.n_experts().items()},
             "top_k": runtime.top_k(),
             "compiled": runtime.compiled,
+            # None: interventions and recording work on this engine (eager, or compiled with the MoE op
+            # outside every traced graph / captured CUDA graph); else why they are refused
+            "hook_problem": runtime.hook_problem,
+            # layer -> the opaque op in which its router hook runs: "mote::route_hook" where
+            # torch.compile traces the router (CPU), "vllm::moe_forward" (GPU), "python" (eager)
+            "hook_ops": {str(layer): op for layer, op in runtime.hook_ops.items()},
             "global_intervention": runtime.global_intervention.fingerprint(),
             "record_all": runtime.record_all,
             "pending_records": sorted(runtime.records),

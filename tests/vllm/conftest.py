@@ -93,6 +93,21 @@ def vllm_backend(vllm_model_dir) -> Iterator[Callable[[str], Any]]:
 
 
 @pytest.fixture(scope="session")
+def compiled_backend(vllm_model_dir) -> Iterator[Any]:
+    """One compiled engine (vLLM's default: torch.compile, no enforce_eager) on tiny Qwen3-MoE."""
+    from harness.vllm_plugin.availability import vllm_import_error
+
+    reason = vllm_import_error()
+    if reason is not None:
+        pytest.skip(reason)
+    from harness.backends.vllm import VLLMBackend
+
+    engine = VLLMBackend(vllm_model_dir("qwen3_moe"), max_model_len=512, enforce_eager=False)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
 def hf_backend(vllm_model_dir) -> Callable[[str], Any]:
     from harness.backends.hf import HFBackend
 

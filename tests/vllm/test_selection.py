@@ -67,3 +67,21 @@ def test_softmax_router_forced_weight_is_its_softmax_share():
     weights, ids = edited_routing(math, logits, None, force)
     assert (ids == 7).any(-1).all()
     assert torch.allclose(weights, torch.softmax(logits, -1).gather(1, ids))
+
+
+def test_one_broadcast_row_of_flags_equals_the_same_flags_per_token():
+    """A step whose requests share one intervention passes its flags as one [1, E] row (runtime.py's
+    uniform path): the grouped and the plain selection must be exactly those of per-token flags."""
+    gen = torch.Generator().manual_seed(4)
+    logits, bias = torch.randn(T, E, generator=gen), 0.1 * torch.randn(E, generator=gen)
+    block, force = torch.zeros(1, E, dtype=torch.bool), torch.zeros(1, E, dtype=torch.bool)
+    block[0, [2, 9]] = True
+    force[0, 5] = True
+    softmax = RouterMath(
+        top_k=K, scoring_func="softmax", renormalize=True, n_groups=0, topk_group=0, bias=None, scale=1.0
+    )
+    for math in (dsv3_math(bias), softmax):
+        one = edited_routing(math, logits, block, force)
+        each = edited_routing(math, logits, block.expand(T, E), force.expand(T, E))
+        assert torch.equal(one[1], each[1]) and torch.equal(one[0], each[0])
+        assert not torch.isin(one[1], torch.tensor([2, 9])).any() and (one[1] == 5).any(-1).all()

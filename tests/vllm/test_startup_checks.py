@@ -1,4 +1,5 @@
-"""Start-up safety: unsupported versions, moved hook names, compiled engines and zeroed captures fail
+"""Start-up safety: unsupported versions, moved hook names, engines on which the router hook would not
+run every step (traced, captured in CUDA graphs), hooks that did not fire and zeroed captures fail
 loudly instead of silently doing nothing."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from harness.vllm_plugin.checks import (
     check_hook_points,
     check_version,
 )
+from harness.vllm_plugin.compiled import MoEPath, compiled_hook_problem, safe_compilation_config
 from harness.vllm_plugin.protocol import WorkerRecord
 from harness.vllm_plugin.runtime import MoteRuntime, reject_all_zero
 
@@ -55,11 +57,20 @@ def test_every_hook_point_names_why_it_is_hooked():
     assert all(point.why for point in HOOK_POINTS)
 
 
-def _compiled_runner():
+class _Runner(SimpleNamespace):
+    """A model runner as the plugin sees it: `_model_forward` carries the MoTE wrapper's mark."""
+
+    def _model_forward(self) -> None: ...
+
+
+_Runner._model_forward._mote_wrapped = True  # type: ignore[attr-defined]
+
+
+def _compiled_runner(cudagraphs=None):
     from vllm.config import CompilationMode, CUDAGraphMode
 
     request = SimpleNamespace(sampling_params=SimpleNamespace(extra_args={"mote_record": "k"}), num_prompt_tokens=3)
-    return SimpleNamespace(
+    return _Runner(
         input_batch=SimpleNamespace(num_reqs=1, req_ids=["r0"]),
         query_start_loc=SimpleNamespace(np=np.asarray([0, 3])),
         requests={"r0": request},
@@ -67,14 +78,86 @@ def _compiled_runner():
         device=torch.device("cpu"),
         vllm_config=SimpleNamespace(
             model_config=SimpleNamespace(enforce_eager=False),
-            compilation_config=SimpleNamespace(mode=CompilationMode.VLLM_COMPILE, cudagraph_mode=CUDAGraphMode.NONE),
+            compilation_config=SimpleNamespace(
+                mode=CompilationMode.VLLM_COMPILE,
+                cudagraph_mode=cudagraphs or CUDAGraphMode.NONE,
+                splitting_ops=[],
+            ),
         ),
     )
 
 
-def test_recording_under_torch_compile_is_refused():
+def _path(name="model.layers.0.mlp.experts", moe_op=None, wrapped=True, via_op=True):
+    return MoEPath(name=name, moe_op=moe_op, router_wrapped=wrapped, router_via_op=via_op)
+
+
+def test_a_runner_whose_model_forward_is_not_wrapped_is_refused():
+    runner = SimpleNamespace(**vars(_compiled_runner()))  # same attributes, plain class
+    with pytest.raises(MoteVLLMError, match="_model_forward is not the MoTE wrapper"):
+        MoteRuntime(runner)
+
+
+def test_torch_compile_with_the_hook_in_an_opaque_op_is_accepted():
+    config = _compiled_runner().vllm_config
+    assert compiled_hook_problem(config, [_path()]) is None  # CPU: router traced, hook = mote::route_hook op
+    gpu = _path(moe_op="vllm::moe_forward", via_op=False)  # GPU: the router runs inside vllm::moe_forward
+    assert compiled_hook_problem(config, [gpu]) is None
+
+
+def test_a_traced_python_hook_is_refused():
+    config = _compiled_runner().vllm_config
+    problem = compiled_hook_problem(config, [_path(via_op=False)])
+    assert problem is not None and "frozen into the graph" in problem
+
+
+def test_a_router_built_without_the_hook_is_refused_even_eager():
+    config = _compiled_runner().vllm_config
+    config.model_config.enforce_eager = True
+    problem = compiled_hook_problem(config, [_path(wrapped=False)])
+    assert problem is not None and "without the MoTE route hook" in problem
+
+
+@pytest.mark.parametrize("mode", ["FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"])
+def test_full_cuda_graphs_are_refused(mode):
+    from vllm.config import CUDAGraphMode
+
+    config = _compiled_runner(getattr(CUDAGraphMode, mode)).vllm_config
+    config.compilation_config.splitting_ops = safe_compilation_config(platform_is_cpu=False)["splitting_ops"]
+    problem = compiled_hook_problem(config, [_path(moe_op="vllm::moe_forward")])
+    assert problem is not None and "full CUDA graphs" in problem
+
+
+def test_piecewise_cuda_graphs_need_the_moe_op_in_splitting_ops():
+    from vllm.config import CUDAGraphMode
+
+    config = _compiled_runner(CUDAGraphMode.PIECEWISE).vllm_config
+    paths = [_path(moe_op="vllm::moe_forward"), _path("model.layers.1.mlp.experts", moe_op="vllm::moe_forward_shared")]
+    config.compilation_config.splitting_ops = ["vllm::unified_attention_with_output", "vllm::moe_forward"]
+    problem = compiled_hook_problem(config, paths)
+    assert problem is not None and "vllm::moe_forward_shared" in problem and "splitting_ops" in problem
+    safe = safe_compilation_config(platform_is_cpu=False)
+    assert safe["cudagraph_mode"] == "PIECEWISE"
+    config.compilation_config.splitting_ops = safe["splitting_ops"]
+    assert compiled_hook_problem(config, paths) is None
+    assert "vllm::unified_attention_with_output" in safe["splitting_ops"]  # attention still splits
+    assert safe_compilation_config(platform_is_cpu=True) == {}
+
+
+def test_breakable_cuda_graphs_are_refused(monkeypatch):
+    from vllm.config import CUDAGraphMode
+
+    monkeypatch.setenv("VLLM_USE_BREAKABLE_CUDAGRAPH", "1")
+    config = _compiled_runner(CUDAGraphMode.PIECEWISE).vllm_config
+    config.compilation_config.splitting_ops = safe_compilation_config(platform_is_cpu=False)["splitting_ops"]
+    problem = compiled_hook_problem(config, [_path(moe_op="vllm::moe_forward")])
+    assert problem is not None and "BREAKABLE" in problem
+
+
+def test_mote_requests_on_an_engine_with_a_hook_problem_are_refused():
     runtime = MoteRuntime(_compiled_runner())
-    with pytest.raises(MoteVLLMError, match="enforce_eager=True"):
+    runtime._installed_on = id(None)  # install() found the problem below
+    runtime.hook_problem = "full CUDA graphs"
+    with pytest.raises(MoteVLLMError, match=r"refused: full CUDA graphs.*enforce_eager=True"):
         runtime.begin_step(3, torch.arange(3))
 
 
@@ -84,6 +167,34 @@ def test_compiled_engine_without_mote_requests_runs_untouched():
     runtime = MoteRuntime(runner)
     runtime.begin_step(3, torch.arange(3))
     assert runtime.step is None
+
+
+def test_a_step_whose_hook_did_not_fire_on_every_layer_fails_loudly():
+    """What a hook traced away or replayed from a CUDA graph looks like at run time."""
+    from harness.vllm_plugin.runtime import LayerHook
+    from harness.vllm_plugin.selection import RouterMath
+
+    runtime = MoteRuntime(_compiled_runner())
+    runtime._installed_on = id(None)
+    math = RouterMath(2, "softmax", True, 0, 0, None, 1.0)
+    runtime.layers = {layer: LayerHook(layer, None, 8, math, None, column=layer) for layer in (0, 1, 2)}
+    hooks = {layer: runtime._hook(hook) for layer, hook in runtime.layers.items()}
+    logits = torch.randn(3, 8)
+
+    def routed():
+        weights, ids = torch.topk(logits.softmax(-1), 2)
+        return logits, weights, ids.to(torch.int32)
+
+    runtime.begin_step(3, torch.arange(3))
+    for layer in (0, 1, 2):
+        hooks[layer](*routed())
+    runtime.end_step()  # every layer fired once: the record is kept
+    assert runtime.pop_record("k").topk_ids.shape == (3, 3, 2)
+    runtime.begin_step(3, torch.arange(3))
+    hooks[0](*routed())
+    hooks[2](*routed())
+    with pytest.raises(MoteVLLMError, match=r"\{1: 0\}.*refusing to continue"):
+        runtime.end_step()
 
 
 def test_all_zero_capture_is_rejected():

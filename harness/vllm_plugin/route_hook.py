@@ -1,0 +1,115 @@
+"""The one point every router output passes through: `mote::route_hook`, an opaque in-place op.
+
+Installed when each MoE layer is built (`wrap_router`, from the plugin's `MoERunner.__init__`
+patch), before vLLM compiles the model: the router's `_compute_routing` becomes "vLLM's own routing,
+then `route_hook(router_logits, topk_weights, topk_ids, layer_name)`". The op edits the two routing
+outputs in place and returns nothing; what it does is `router._mote_hook` (set by
+`MoteRuntime.install`; absent = pass through), the router being found by layer name in the step's
+forward context, as vLLM's own `moe_forward` op finds its layer. The layer name is the only thing
+the compiled graph holds, so a graph loaded from vLLM's compile cache in another process works too,
+and two engines in one process stay apart.
+
+Why an op: where the router is traced by torch.compile (vLLM's CPU build calls the MoE body directly,
+so Dynamo traces it once and drops every guard), a Python hook would be frozen into the graph as it
+was at trace time. A custom op is opaque to Dynamo: the graph records the call, Inductor's generated
+code calls it on every step, and its Python body runs then. The rest of the MoE layer (routing math,
+expert kernels) stays compiled as in stock vLLM. Where the router already runs eagerly (eager
+engines, or inside vLLM's opaque `moe_forward` op on GPU) the hook is called directly. CUDA graphs
+are another matter: see compiled.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+OP_NAME = "mote::route_hook"
+KEY_ATTR = "_mote_route_key"  # on a wrapped router: its layer name (what the op is called with)
+VIA_OP_ATTR = "_mote_route_via_op"  # on a wrapped router: True if it calls the op (traceable)
+HOOK_ATTR = "_mote_hook"  # on a wrapped router: the runtime's hook, or absent
+
+Hook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+_LIBRARY: Any = None
+
+
+def route_hook(
+    router_logits: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer_name: str
+) -> None:
+    """The op's body: run the hook of the router of `layer_name` in the current forward, if any."""
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return
+    layer = get_forward_context().no_compile_layers.get(layer_name)
+    hook = getattr(getattr(layer, "router", None), HOOK_ATTR, None)
+    if hook is not None:
+        hook(router_logits, topk_weights, topk_ids)
+
+
+def _route_hook_fake(
+    router_logits: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer_name: str
+) -> None:
+    return None
+
+
+def register_op() -> None:
+    """Define `torch.ops.mote.route_hook` (once per process)."""
+    global _LIBRARY
+    if _LIBRARY is not None:
+        return
+    from torch.library import Library
+    from vllm.utils.torch_utils import direct_register_custom_op
+
+    library = Library("mote", "FRAGMENT")
+    direct_register_custom_op(
+        op_name="route_hook",
+        op_func=route_hook,
+        mutates_args=["topk_weights", "topk_ids"],
+        fake_impl=_route_hook_fake,
+        target_lib=library,
+    )
+    _LIBRARY = library
+
+
+def wrap_router(router: Any, layer_name: str, via_op: bool) -> None:
+    """Make `router._compute_routing` end with the route hook (idempotent)."""
+    if getattr(router, KEY_ATTR, None) is not None:
+        return
+    original = router._compute_routing
+    if via_op:
+        register_op()
+        op = torch.ops.mote.route_hook
+
+        def _compute_routing(
+            hidden_states: torch.Tensor,
+            router_logits: torch.Tensor,
+            indices_type: torch.dtype | None,
+            *,
+            input_ids: torch.Tensor | None = None,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            weights, ids = original(hidden_states, router_logits, indices_type, input_ids=input_ids)
+            op(router_logits, weights, ids, layer_name)
+            return weights, ids
+
+    else:
+
+        def _compute_routing(
+            hidden_states: torch.Tensor,
+            router_logits: torch.Tensor,
+            indices_type: torch.dtype | None,
+            *,
+            input_ids: torch.Tensor | None = None,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            weights, ids = original(hidden_states, router_logits, indices_type, input_ids=input_ids)
+            hook = getattr(router, HOOK_ATTR, None)
+            if hook is not None:
+                hook(router_logits, weights, ids)
+            return weights, ids
+
+    _compute_routing.__wrapped__ = original  # type: ignore[attr-defined]
+    router._compute_routing = _compute_routing
+    setattr(router, KEY_ATTR, layer_name)
+    setattr(router, VIA_OP_ATTR, via_op)
