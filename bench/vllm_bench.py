@@ -1,15 +1,21 @@
 """Throughput of the MoTE vLLM path against stock vLLM (not a test).
 
     python bench/vllm_bench.py [--model DIR] [--prompts 16] [--max-tokens 64] [--stock-mode compiled]
+                               [--mote-mode compiled]
 
 One run, same model and prompts, generated tokens/s of:
   stock         vLLM in its default configuration (compiled; CUDA graphs on GPU), MoTE plugin off;
-  eager_none    the MoTE engine (eager, hooks installed), no intervention;
+  mote_none     the MoTE engine (compiled by default: torch.compile with the MoE layer in vLLM's
+                opaque moe_forward op, on GPU piecewise CUDA graphs split at that op; --mote-mode
+                eager for enforce_eager), no intervention;
   intervention  every request under one suppress/mask intervention;
   recording     every request recorded (per-token top-k fetched back);
   sweep_batch   12 conditions (baseline + targeted + 10 random) x prompts as ONE batch of
                 per-request interventions;
   sweep_passes  the same 12 conditions as 12 passes.
+Both engines stay loaded and the timed runs of stock / mote_none / intervention / recording
+alternate, round after round (--repeats), so load from other jobs on a shared machine hits each
+alike; the best run of each is compared (medians are reported too).
 Writes results/bench/vllm_<utc time>.json with the machine, versions and the ratios
 (goals: intervention >= 0.97x stock, recording >= 0.90x stock, sweep_batch >= 3x sweep_passes).
 Without --model a tiny random Qwen3-MoE is built (numbers then measure overheads, not kernels).
@@ -21,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +52,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-model-len", type=int, default=512)
     p.add_argument("--stock-mode", choices=("compiled", "eager"), default="compiled")
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats per condition (best is kept)")
+    p.add_argument("--mote-mode", choices=("compiled", "eager"), default="compiled")
+    p.add_argument(
+        "--stock-no-prefix-caching",
+        action="store_true",
+        help="stock without prefix caching, like the MoTE engine (default: stock's own default, on)",
+    )
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds over all conditions (best is kept)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench")
     return p.parse_args()
 
@@ -62,6 +75,33 @@ def timed(llm: Any, prompts: list[Any], params: list[Any], repeats: int) -> dict
     return {"seconds": best, "tokens": tokens, "tokens_per_s": tokens / best}
 
 
+PAIRS = [
+    ("intervention", "stock"),
+    ("recording", "stock"),
+    ("mote_none", "stock"),
+    ("intervention", "mote_none"),
+    ("recording", "mote_none"),
+]
+
+
+def paired(base: list[float], other: list[float]) -> float:
+    """Median over rounds of base seconds / other seconds (same token count): throughput ratio."""
+    return statistics.median(b / o for b, o in zip(base, other, strict=True))
+
+
+def summary(times: list[float], tokens: int) -> dict[str, Any]:
+    """Best (the run least disturbed by other jobs) and median of the timed runs."""
+    best = min(times)
+    median = statistics.median(times)
+    return {
+        "seconds": best,
+        "tokens": tokens,
+        "tokens_per_s": tokens / best,
+        "median_tokens_per_s": tokens / median,
+        "runs_s": [round(t, 4) for t in times],
+    }
+
+
 def main() -> int:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,6 +112,7 @@ def main() -> int:
     from harness.backends.vllm import shutdown_engine
     from harness.mote import Intervention, random_intervention_like
     from harness.vllm_plugin import WORKER_EXTENSION
+    from harness.vllm_plugin.compiled import safe_compilation_config
     from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS
 
     model = args.model
@@ -97,64 +138,100 @@ def main() -> int:
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
 
+    # both engines stay loaded and the timed runs alternate between them, so a change in the load of
+    # a shared machine hits every condition alike. An idle engine busy-polls for 1 s after its last
+    # message (vllm shm_broadcast busy_loop_s), so each switch of engine waits that out first.
     # 1. stock vLLM, default configuration, MoTE plugin off in every engine process
     os.environ["MOTE_VLLM_PLUGIN"] = "off"
     start = time.perf_counter()
-    stock = LLM(**common, enforce_eager=args.stock_mode == "eager")
+    stock_args: dict[str, Any] = {"enforce_eager": args.stock_mode == "eager"}
+    if args.stock_no_prefix_caching:
+        stock_args["enable_prefix_caching"] = False
+    stock = LLM(**common, **stock_args)
     timings["stock_load_s"] = time.perf_counter() - start
-    timed(stock, prompts, [params()] * len(prompts), 1)  # warm-up
-    results["stock"] = timed(stock, prompts, [params()] * len(prompts), args.repeats)
-    shutdown_engine(stock)
-    del stock
     os.environ.pop("MOTE_VLLM_PLUGIN")
 
     # 2. the MoTE engine
     start = time.perf_counter()
-    llm = LLM(**common, enforce_eager=True, enable_prefix_caching=False, worker_extension_cls=WORKER_EXTENSION)
+    mote_args: dict[str, Any] = {"enforce_eager": args.mote_mode == "eager"}
+    if args.mote_mode == "compiled" and safe_compilation_config():
+        mote_args["compilation_config"] = safe_compilation_config()
+    llm = LLM(**common, **mote_args, enable_prefix_caching=False, worker_extension_cls=WORKER_EXTENSION)
     timings["mote_load_s"] = time.perf_counter() - start
     status = llm.collective_rpc(RPC_STATUS)[0]
+    if status["hook_problem"] is not None:
+        raise SystemExit(f"the MoTE engine refuses interventions: {status['hook_problem']}")
     layers = sorted(int(k) for k in status["moe_layers"])
     n_experts = int(status["moe_layers"][str(layers[0])])
     targeted = Intervention.suppress({layers[0]: [0, 1], layers[-1]: [2]}, mode="mask")
     conditions = [Intervention.none(), targeted] + [
         random_intervention_like(targeted, seed=s, n_experts={lay: n_experts for lay in layers}) for s in range(10)
     ]
-    timed(llm, prompts, [params()] * len(prompts), 1)  # warm-up
-    results["eager_none"] = timed(llm, prompts, [params()] * len(prompts), args.repeats)
     mote = {INTERVENTION_KEY: targeted.to_json()}
-    results["intervention"] = timed(llm, prompts, [params(mote)] * len(prompts), args.repeats)
 
-    best = float("inf")
-    for repeat in range(args.repeats):
+    def run(name: str, repeat: int) -> tuple[float, int]:
+        engine = stock if name == "stock" else llm
         keys = [f"bench-{repeat}-{i}" for i in range(len(prompts))]
+        if name == "recording":
+            batch = [params({RECORD_KEY: k}) for k in keys]
+        elif name == "intervention":
+            batch = [params(mote)] * len(prompts)
+        else:
+            batch = [params()] * len(prompts)
         start = time.perf_counter()
-        outputs = llm.generate(prompts, [params({RECORD_KEY: k}) for k in keys], use_tqdm=False)
-        llm.collective_rpc(RPC_FETCH, args=(json.dumps(keys),))
-        best = min(best, time.perf_counter() - start)
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    results["recording"] = {"seconds": best, "tokens": tokens, "tokens_per_s": tokens / best}
+        outputs = engine.generate(prompts, batch, use_tqdm=False)
+        if name == "recording":
+            fetched = llm.collective_rpc(RPC_FETCH, args=(json.dumps(keys),))[0]
+            assert all(fetched[k] is not None for k in keys), "recording returned no record"
+        elapsed = time.perf_counter() - start
+        return elapsed, sum(len(o.outputs[0].token_ids) for o in outputs)
+
+    names = ["stock", "mote_none", "intervention", "recording"]
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    tokens: dict[str, int] = {}
+    current = None
+    for repeat in range(-1, args.repeats):  # repeat -1: warm-up
+        for name in names if repeat % 2 == 0 else names[::-1]:  # alternate the order: no condition always first
+            engine = "stock" if name == "stock" else "mote"
+            if engine != current:
+                time.sleep(1.2)
+                current = engine
+            elapsed, tokens[name] = run(name, repeat)
+            if repeat >= 0:
+                runs[name].append(elapsed)
+    for name in names:
+        results[name] = summary(runs[name], tokens[name])
+    shutdown_engine(stock)
+    time.sleep(1.2)
 
     sweep_params = [params(None if c.is_none else {INTERVENTION_KEY: c.to_json()}) for c in conditions]
     batch_prompts = [p for _ in conditions for p in prompts]
     batch_params = [sp for sp in sweep_params for _ in prompts]
     results["sweep_batch"] = timed(llm, batch_prompts, batch_params, 1)
     start = time.perf_counter()
-    tokens = 0
+    sweep_tokens = 0
     for sp in sweep_params:
         outputs = llm.generate(prompts, [sp] * len(prompts), use_tqdm=False)
-        tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
+        sweep_tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
     elapsed = time.perf_counter() - start
-    results["sweep_passes"] = {"seconds": elapsed, "tokens": tokens, "tokens_per_s": tokens / elapsed}
+    results["sweep_passes"] = {"seconds": elapsed, "tokens": sweep_tokens, "tokens_per_s": sweep_tokens / elapsed}
     shutdown_engine(llm)
 
     stock_tps = results["stock"]["tokens_per_s"]
     ratios = {
         "intervention_vs_stock": results["intervention"]["tokens_per_s"] / stock_tps,
         "recording_vs_stock": results["recording"]["tokens_per_s"] / stock_tps,
-        "eager_none_vs_stock": results["eager_none"]["tokens_per_s"] / stock_tps,
-        "intervention_vs_eager_none": results["intervention"]["tokens_per_s"] / results["eager_none"]["tokens_per_s"],
-        "recording_vs_eager_none": results["recording"]["tokens_per_s"] / results["eager_none"]["tokens_per_s"],
+        "mote_none_vs_stock": results["mote_none"]["tokens_per_s"] / stock_tps,
+        "intervention_vs_mote_none": results["intervention"]["tokens_per_s"] / results["mote_none"]["tokens_per_s"],
+        "recording_vs_mote_none": results["recording"]["tokens_per_s"] / results["mote_none"]["tokens_per_s"],
         "sweep_batch_speedup": results["sweep_passes"]["seconds"] / results["sweep_batch"]["seconds"],
+        # the same ratios from median runs (less optimistic when the machine is shared)
+        "median_intervention_vs_stock": results["intervention"]["median_tokens_per_s"]
+        / results["stock"]["median_tokens_per_s"],
+        "median_recording_vs_stock": results["recording"]["median_tokens_per_s"]
+        / results["stock"]["median_tokens_per_s"],
+        # median over rounds of the within-round ratio (each round runs every condition back to back)
+        **{f"paired_{name}_vs_{base}": paired(runs[base], runs[name]) for name, base in PAIRS},
     }
     import torch
     import vllm
@@ -175,6 +252,9 @@ def main() -> int:
             "max_tokens": args.max_tokens,
             "dtype": args.dtype,
             "stock_mode": args.stock_mode,
+            "stock_prefix_caching": not args.stock_no_prefix_caching,
+            "mote_mode": args.mote_mode,
+            "mote_compiled": bool(status["compiled"]),
             "conditions": len(conditions),
             "repeats": args.repeats,
         },
