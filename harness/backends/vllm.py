@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
+from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings, render_prompt
+from harness.mote.intervention import Intervention
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
 from harness.think import generated_spans, prompt_opens_think, split_think
@@ -95,9 +96,7 @@ class VLLMBackend:
         return self._spec
 
     def prompt_text(self, request: GenerationRequest) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.model_path}: the tokenizer has no chat template")
-        return str(self.tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True, tokenize=False))
+        return render_prompt(request, self.tokenizer, self.model_path)
 
     def stop_ids(self) -> list[int]:
         """The tokenizer's EOS plus the generation config's (as HFBackend._stop_ids)."""
@@ -118,13 +117,7 @@ class VLLMBackend:
 
         for request in requests:
             self._spec.check(request.intervention, f"request {request.id}")
-        intervening = any(not r.intervention.is_none for r in requests)
-        if self.hook_problem is not None and (intervening or settings.record_routing):
-            raise MoteVLLMError(
-                f"this engine cannot run the MoTE router hooks every step ({self.hook_problem}); build "
-                "VLLMBackend with enforce_eager=True, or without your compilation_config, for interventions "
-                "or recording"
-            )
+        self._check_hooks([r.intervention for r in requests], settings.record_routing)
         if self.prefix_caching and settings.record_routing:
             raise MoteVLLMError(
                 "routing capture with prefix caching on would miss every cached prompt token; build the "
@@ -165,6 +158,46 @@ class VLLMBackend:
             encoded = records.get(keys[index]) if keys else None
             results.append(self._result(request, text, output, stop, encoded, settings))
         return results
+
+    def continuation_logprobs(
+        self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], interventions: Sequence[Intervention]
+    ) -> list[tuple[float, bool]]:
+        """For each (context ids, continuation ids): the continuation's summed log-probability and
+        whether it is the greedy continuation (lm-eval's loglikelihood), each under its own
+        intervention, as one engine call (vLLM's prompt logprobs; a token is greedy when its rank is 1)."""
+        from vllm import SamplingParams
+
+        for index, intervention in enumerate(interventions):
+            self._spec.check(intervention, f"pair {index}")
+        self._check_hooks(interventions, record=False)
+        inputs: list[Any] = []
+        params: list[Any] = []
+        for (context, continuation), intervention in zip(pairs, interventions, strict=True):
+            prompt: dict[str, Any] = {"prompt_token_ids": [*context, *continuation]}
+            extra: dict[str, Any] = {}
+            if not intervention.is_none:
+                extra[INTERVENTION_KEY] = intervention.to_json()
+                if self.prefix_caching:
+                    prompt["cache_salt"] = intervention.fingerprint()
+            inputs.append(prompt)
+            params.append(SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, extra_args=extra or None))
+        outputs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False)
+        out: list[tuple[float, bool]] = []
+        for (context, continuation), output in zip(pairs, outputs, strict=True):
+            steps = output.prompt_logprobs[len(context) :]  # position i: log p(token i | tokens < i)
+            scored = [step[token] for token, step in zip(continuation, steps, strict=True)]
+            out.append((float(sum(s.logprob for s in scored)), all(s.rank == 1 for s in scored)))
+        return out
+
+    def _check_hooks(self, interventions: Sequence[Intervention], record: bool) -> None:
+        """Refuse interventions or recording on an engine whose router hooks cannot run every step."""
+        intervening = any(not iv.is_none for iv in interventions)
+        if self.hook_problem is not None and (intervening or record):
+            raise MoteVLLMError(
+                f"this engine cannot run the MoTE router hooks every step ({self.hook_problem}); build "
+                "VLLMBackend with enforce_eager=True, or without your compilation_config, for interventions "
+                "or recording"
+            )
 
     def _result(
         self,

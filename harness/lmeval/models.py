@@ -1,8 +1,8 @@
 """lm-eval model classes over our backends; every request runs under the intervention in model_args.
 
-`mote-hf` (HFBackend): `loglikelihood`, `loglikelihood_rolling` and `generate_until`, each over the
-whole request list in batches of `batch_size` rows (lm-eval hands us the list; batching is ours).
-`mote-vllm` (VLLMBackend): `generate_until`; it refuses likelihood requests with a clear error.
+`mote-hf` (HFBackend) and `mote-vllm` (VLLMBackend): `loglikelihood`, `loglikelihood_rolling` and
+`generate_until`, each over the whole request list at once (lm-eval hands us the list): HF in batches
+of `batch_size` rows, vLLM as one engine call (likelihoods from its prompt logprobs).
 
 Prompts are lm-eval's own strings: no chat template is added here unless lm-eval asks for one
 (`--apply_chat_template`, through `apply_chat_template`). A generation keeps its reasoning trace:
@@ -101,10 +101,35 @@ class _MoteLM(TemplateLM):
                 out[i] = with_trace(think, answer, _until(requests[i].args[1]))
         return [out[i] for i in range(len(requests))]
 
-    def _generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[tuple[str | None, str]]:
-        raise NotImplementedError
+    def _loglikelihood_tokens(
+        self, requests: Sequence[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
+        pairs = []
+        for _, context, continuation in requests:
+            keep = self.max_length + 1 - len(continuation)  # the model sees at most max_length tokens
+            pairs.append((context[-keep:] if keep > 0 else context[-1:], continuation))
+        return self.backend_impl.continuation_logprobs(pairs, [self.intervention] * len(pairs))
 
-    def _generate_raw(self, prompts: Sequence[str], settings: GenerationSettings) -> list[tuple[str | None, str]]:
+    def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
+        windows: list[tuple[Any, list[int], list[int]]] = []
+        owner: list[int] = []
+        for i, request in enumerate(requests):
+            tokens = self.tok_encode(request.args[0])
+            for window in map(
+                make_disjoint_window,
+                get_rolling_token_windows(
+                    token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1
+                ),
+            ):
+                windows.append((None, list(window[0]), list(window[1])))
+                owner.append(i)
+        scores = self._loglikelihood_tokens(windows)
+        totals = [0.0] * len(requests)
+        for i, (logprob, _) in zip(owner, scores, strict=True):
+            totals[i] += logprob
+        return totals
+
+    def _generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[tuple[str | None, str]]:
         """lm-eval's prompts as the model's input text, all under the intervention, as one list."""
         requests = [GenerationRequest(id=str(i), text=p, intervention=self.intervention) for i, p in enumerate(prompts)]
         return [(r.think, r.answer) for r in self.backend_impl.generate(requests, settings)]
@@ -146,41 +171,11 @@ class MoteHFLM(_MoteLM):
     def max_length(self) -> int:
         return self._max_length
 
-    def _loglikelihood_tokens(
-        self, requests: Sequence[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
-    ) -> list[tuple[float, bool]]:
-        pairs = []
-        for _, context, continuation in requests:
-            keep = self.max_length + 1 - len(continuation)  # the model sees at most max_length tokens
-            pairs.append((context[-keep:] if keep > 0 else context[-1:], continuation))
-        return self.backend_impl.continuation_logprobs(pairs, [self.intervention] * len(pairs))
-
-    def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
-        windows: list[tuple[Any, list[int], list[int]]] = []
-        owner: list[int] = []
-        for i, request in enumerate(requests):
-            tokens = self.tok_encode(request.args[0])
-            for window in map(
-                make_disjoint_window,
-                get_rolling_token_windows(
-                    token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1
-                ),
-            ):
-                windows.append((None, list(window[0]), list(window[1])))
-                owner.append(i)
-        scores = self._loglikelihood_tokens(windows)
-        totals = [0.0] * len(requests)
-        for i, (logprob, _) in zip(owner, scores, strict=True):
-            totals[i] += logprob
-        return totals
-
-    def _generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[tuple[str | None, str]]:
-        return self._generate_raw(prompts, settings)
 
 
 class MoteVLLM(_MoteLM):
-    """lm-eval model over VLLMBackend (`generate_until` only). The vLLM backend formats each prompt
-    with the model's chat template itself, so run tasks *without* `--apply_chat_template`."""
+    """lm-eval model over VLLMBackend. model_args: pretrained, intervention, max_gen_toks, seed, dtype,
+    max_model_len, and any other vllm.LLM argument (passed unchanged)."""
 
     def __init__(
         self,
@@ -213,19 +208,7 @@ class MoteVLLM(_MoteLM):
         self.max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
 
-    def _loglikelihood_tokens(
-        self, requests: Sequence[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
-    ) -> list[tuple[float, bool]]:
-        raise NotImplementedError(
-            "mote-vllm does not score likelihoods yet (the vLLM backend has no prompt-logprob path); "
-            "use mote-hf for loglikelihood / multiple_choice tasks"
-        )
+    @property
+    def max_length(self) -> int:
+        return int(self.backend_impl.llm.llm_engine.model_config.max_model_len)
 
-    def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
-        return [float(x) for x, _ in self._loglikelihood_tokens([])]
-
-    def _generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[tuple[str | None, str]]:
-        requests = [
-            GenerationRequest(id=str(i), prompt=p, intervention=self.intervention) for i, p in enumerate(prompts)
-        ]
-        return [(r.think, r.answer) for r in self.backend_impl.generate(requests, settings)]

@@ -49,19 +49,23 @@ def trace_intervention(model_dir, suppression) -> Path:
     return planted if planted.is_file() else suppression
 
 
-def _evaluate(model_dir: Path, tasks: list[str], intervention: Path | None, chdir: Path, **kwargs):
+def _evaluate(
+    model_dir: Path, tasks: list[str], intervention: Path | None, chdir: Path, model: str = "mote-hf", **kwargs
+):
     from lm_eval.tasks import TaskManager
 
     import harness.lmeval  # noqa: F401  (registers mote-hf)
 
-    args = {"pretrained": str(model_dir), "batch_size": 8}
+    args: dict[str, object] = {"pretrained": str(model_dir), "batch_size": 8}
+    if model == "mote-vllm":
+        args.update(max_model_len=256, dtype="float32")
     if intervention is not None:
         args["intervention"] = str(intervention)
     cwd = os.getcwd()
     os.chdir(chdir)  # task data paths must not depend on the working directory
     try:
         return lm_eval.simple_evaluate(
-            model="mote-hf",
+            model=model,
             model_args=args,
             tasks=tasks,
             task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),
@@ -127,3 +131,26 @@ def test_generations_keep_the_think_trace_and_change_under_suppression(model_dir
         assert all(x.startswith("<think>") and "</think>" in x for x, _ in texts), texts
     assert {"trace_zh,none", "trace_en,none", "no_trace,none"} <= set(treated["results"]["mote_reasoning_language"])
     assert "refused,none" in treated["results"]["mote_sensitive"]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_mote_vllm_scores_and_generates_as_mote_hf_under_an_intervention(model_dir, trace_intervention, tmp_path):
+    from harness.vllm_plugin.availability import vllm_import_error
+
+    if vllm_import_error() is not None:
+        pytest.skip(vllm_import_error())
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    kwargs = {"apply_chat_template": True, "gen_kwargs": {"max_gen_toks": 16}}
+    tasks = ["mote_sensitive_ll", "mote_reasoning_language"]
+    hf = _evaluate(model_dir, tasks, trace_intervention, tmp_path, **kwargs)
+    vllm = _evaluate(model_dir, tasks, trace_intervention, tmp_path, model="mote-vllm", **kwargs)
+    h, v = _samples(hf, "mote_sensitive_ll"), _samples(vllm, "mote_sensitive_ll")
+    assert len(v) == 6
+    logprob = lambda s: [float(r[0]) for r in s["filtered_resps"]]  # noqa: E731
+    for doc in h:
+        assert logprob(v[doc]) == pytest.approx(logprob(h[doc]), abs=2e-2)  # bf16 weights, fp32 compute
+    h, v = _samples(hf, "mote_reasoning_language"), _samples(vllm, "mote_reasoning_language")
+    same = sum(h[d]["filtered_resps"][0] == v[d]["filtered_resps"][0] for d in h)
+    assert same >= 5, [(h[d]["filtered_resps"][0], v[d]["filtered_resps"][0]) for d in h]
