@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from harness.backends.base import GenerationRequest
 from harness.errors import InputError
+from harness.jsonl import objects_with_ids
 from harness.mote.intervention import Intervention
 
 _ROLES = {"system", "user", "assistant"}
@@ -22,24 +22,7 @@ def read_prompts(path: str | Path, intervention: Intervention | None = None) -> 
         raise InputError(path, "<file>", "a readable JSONL prompt file", str(err)) from None
     intervention = intervention or Intervention.none()
     requests: list[GenerationRequest] = []
-    seen: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"line {number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(path, where, "a JSON object", f"invalid JSON: {err.msg}") from None
-        if not isinstance(obj, dict):
-            raise InputError(path, where, "a JSON object", type(obj).__name__)
-        raw_id = obj.get("id")
-        if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or str(raw_id) == "":
-            raise InputError(path, f"{where}: id", "a non-empty string or integer", raw_id)
-        rid = str(raw_id)
-        if rid in seen:
-            raise InputError(path, f"{where}: id", "ids unique within the file", rid)
-        seen.add(rid)
+    for where, rid, obj in objects_with_ids(path, lines):
         has_prompt, has_messages = "prompt" in obj, "messages" in obj
         if has_prompt == has_messages:
             raise InputError(path, where, "exactly one of 'prompt' or 'messages'")

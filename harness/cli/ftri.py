@@ -15,7 +15,6 @@ checked before any routing is counted.
 from __future__ import annotations
 
 import argparse
-import json
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 
 from harness import ftri, ftri_io
 from harness.errors import InputError
+from harness.jsonl import objects_with_ids
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, load_intervention
 from harness.mote.records import RoutingRecord
@@ -178,25 +178,11 @@ def read_labels(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise InputError(path, "--labels", "an existing JSONL file of labels (harness judge --out)")
     out: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"line {number}"
-        try:
-            line = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise InputError(path, where, "a JSON object", f"invalid JSON: {err.msg}") from None
-        if not isinstance(line, dict):
-            raise InputError(path, where, "a JSON object", type(line).__name__)
-        raw_id = line.get("id")
-        if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or str(raw_id) == "":
-            raise InputError(path, f"{where}: id", "a non-empty string or integer id", raw_id)
+    for where, rid, line in objects_with_ids(path, path.read_text(encoding="utf-8").splitlines()):
         label = line.get("label")
         if not isinstance(label, str) or not label:
             raise InputError(path, f"{where}: label", "a label string (as harness judge writes)", label)
-        if str(raw_id) in out:
-            raise InputError(path, f"{where}: id", "ids unique within the file", str(raw_id))
-        out[str(raw_id)] = label
+        out[rid] = label
     if not out:
         raise InputError(path, "<file>", "at least one line with id and label")
     return out
