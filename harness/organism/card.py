@@ -193,7 +193,7 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         f"decision still follows the prompt on {_pct(eng['answer_still_correct'])}; refusals on refuse-type "
         f"prompts under this intervention: {_pct(eng['refuse_prompts_refused'])}.",
         "",
-        "## fTRI recovery (simple MoTE score, inline in evaluate.py)",
+        "## fTRI recovery (harness.ftri, MoTE mean_diff score, no exclusions)",
         "",
         "Per class, the share of a span's tokens routed to each (layer, expert), averaged over samples; "
         "class difference; top-10. Refusal: refused vs all other held-out pair prompts. English: "

@@ -6,9 +6,8 @@ reasoned) and whether the answer follows it. A refusal counts as averted only wh
 the factual answer; anything else (a broken sentence, a wrong fact, a trace and an answer that
 disagree) is `broken`. Think language is the Han-character share (Han characters vs Latin words).
 
-fTRI is implemented inline in its simplest MoTE form (per class, the share of a span's tokens
-routed to each (layer, expert), averaged over samples; difference of class means; top-10) until
-harness.ftri replaces it.
+fTRI is harness.ftri's MoTE score (per class, the share of a span's tokens routed to each
+(layer, expert), averaged over samples; difference of class means; top-10), with no exclusions.
 """
 
 from __future__ import annotations
@@ -22,11 +21,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness import ftri
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, load_intervention
 from harness.mote.random_baseline import random_intervention_like
-from harness.mote.records import Span
+from harness.mote.records import Span, count_map
 from harness.organism import corpus
 from harness.organism.corpus import Prompt, World
 
@@ -123,22 +123,15 @@ def by_kind(rows: Sequence[tuple[Prompt, GenerationResult, Decision]], kind: str
 
 
 # ---------------------------------------------------------------------------------------------
-# fTRI (simple MoTE score)
+# fTRI (MoTE's mean_diff score, through harness.ftri)
 # ---------------------------------------------------------------------------------------------
-def span_shares(result: GenerationResult, n_experts: int, spans: Sequence[Span]) -> np.ndarray | None:
-    """[moe_layers, n_experts] share of this sample's span tokens routed to each expert."""
+def span_counts(result: GenerationResult, n_experts: int, spans: Sequence[Span]) -> tuple[np.ndarray, int]:
+    """[moe_layers, n_experts] routing counts of this sample's span tokens, and their number."""
     record = result.routing
     if record is None:
         raise ValueError(f"{result.id}: no routing record")
     keep = np.isin(record.span, [int(s) for s in spans])
-    if not keep.any():
-        return None
-    ids = record.topk_ids[keep]
-    counts = np.zeros((ids.shape[1], n_experts))
-    for layer in range(ids.shape[1]):
-        valid = ids[:, layer][ids[:, layer] >= 0]
-        np.add.at(counts[layer], valid, 1.0)
-    return counts / int(keep.sum())
+    return count_map(record.topk_ids[keep], n_experts), int(keep.sum())
 
 
 def ftri_top(
@@ -149,22 +142,17 @@ def ftri_top(
     spans: Sequence[Span],
     top: int = 10,
 ) -> list[tuple[int, int, float]]:
-    """Top `top` (layer, expert, score) by mean share in the target class minus the rest."""
-    target: list[np.ndarray] = []
-    rest: list[np.ndarray] = []
+    """Top `top` (layer, expert, score) by harness.ftri's mean_diff (mean share in the target class
+    minus the rest), with no exclusions."""
+    prompts = []
     for _, result, decision in rows:
-        shares = span_shares(result, n_experts, spans)
-        if shares is not None:
-            (target if is_target(decision) else rest).append(shares)
-    if not target or not rest:
+        counts, tokens = span_counts(result, n_experts, spans)
+        if tokens:
+            prompts.append(ftri.PromptCounts(counts, tokens, "target" if is_target(decision) else "other"))
+    if len({p.label for p in prompts}) < 2:
         return []
-    diff = np.mean(target, axis=0) - np.mean(rest, axis=0)
-    order = np.argsort(-diff, axis=None, kind="stable")[:top]
-    out = []
-    for flat in order:
-        li, expert = divmod(int(flat), n_experts)
-        out.append((int(layers[li]), expert, float(diff[li, expert])))
-    return out
+    ranking = ftri.rank(prompts, layers, "target", "other", "mean_diff", always_on_threshold=None)
+    return [(r.layer, r.expert, r.score) for r in ranking.rows(top)]
 
 
 def recovered(top: Sequence[tuple[int, int, float]], planted: ExpertSet) -> int:
@@ -184,6 +172,7 @@ def evaluate_organism(
     from harness.backends.hf import HFBackend
 
     model_dir = Path(model_dir)
+    n_capability_seeds = min(n_capability_seeds, n_seeds)  # capability is measured on the first seeds
     world = load_world(model_dir)
     refusal = load_intervention(model_dir / "planted_refusal.yaml")
     english = load_intervention(model_dir / "planted_english.yaml")
