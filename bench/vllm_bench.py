@@ -114,6 +114,7 @@ def main() -> int:
     from harness.vllm_plugin import WORKER_EXTENSION
     from harness.vllm_plugin.compiled import safe_compilation_config
     from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS
+    from harness.vllm_plugin.ranks import merge_status
 
     model = args.model
     if model is None:
@@ -158,7 +159,7 @@ def main() -> int:
         mote_args["compilation_config"] = safe_compilation_config()
     llm = LLM(**common, **mote_args, enable_prefix_caching=False, worker_extension_cls=WORKER_EXTENSION)
     timings["mote_load_s"] = time.perf_counter() - start
-    status = llm.collective_rpc(RPC_STATUS)[0]
+    status = merge_status(llm.collective_rpc(RPC_STATUS))
     if status["hook_problem"] is not None:
         raise SystemExit(f"the MoTE engine refuses interventions: {status['hook_problem']}")
     layers = sorted(int(k) for k in status["moe_layers"])

@@ -4,7 +4,9 @@ Same contract as HFBackend / VLLMBackend. Each request is one chat completion ca
 intervention in `vllm_xargs`; generated token ids come back (`return_token_ids`) and are decoded
 here with the model's own tokenizer, so text, stop handling and spans follow the same rules as the
 other backends. Routing records and the model's MoE layout come over `POST /collective_rpc`, which
-the server exposes only with VLLM_SERVER_DEV_MODE=1 (`--dev-rpc`).
+the server exposes only with VLLM_SERVER_DEV_MODE=1 (`--dev-rpc`), from every worker, merged over
+pipeline stages (harness.vllm_plugin.ranks). An intervened request carries `cache_salt` = its
+fingerprint, so a server with prefix caching on never serves it a prefix cached under other routing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from harness.mote.spec import ModelSpec
 from harness.think import split_think
 from harness.vllm_plugin import MoteVLLMError
 from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
+from harness.vllm_plugin.ranks import merge_keyed, merge_records, merge_status
 
 
 class OpenAIBackend:
@@ -51,7 +54,7 @@ class OpenAIBackend:
         self.timeout_s = timeout_s
         self.client = OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, timeout=timeout_s)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
-        status = self.rpc(RPC_STATUS)
+        status = merge_status(self.rpc(RPC_STATUS))
         layers = {int(k): int(v) for k, v in status["moe_layers"].items()}
         self._spec = ModelSpec(
             family=str(status["model_type"]),
@@ -65,15 +68,16 @@ class OpenAIBackend:
     def spec(self) -> ModelSpec:
         return self._spec
 
-    def rpc(self, method: str, *args: str) -> Any:
-        """First worker's result of a MoTE RPC over POST /collective_rpc."""
+    def rpc(self, method: str, *args: str) -> list[Any]:
+        """Every worker's result of a MoTE RPC over POST /collective_rpc, in rank order (merge them with
+        harness.vllm_plugin.ranks: pipeline stages hold different layers)."""
         body = json.dumps({"method": method, "args": list(args)}).encode()
         request = urllib.request.Request(
             f"{self.base_url}/collective_rpc", data=body, headers={"Content-Type": "application/json"}
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read())["results"][0]
+                return list(json.loads(response.read())["results"])
         except OSError as err:
             raise MoteVLLMError(
                 f"{self.base_url}/collective_rpc failed ({err}); start the server with "
@@ -89,7 +93,7 @@ class OpenAIBackend:
         keys = [f"{uuid.uuid4().hex}-{r.id}" for r in requests] if settings.record_routing else []
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             replies = list(pool.map(lambda i: self._complete(requests[i], keys, i, settings), range(len(requests))))
-        records: dict[str, str | None] = self.rpc(RPC_FETCH, json.dumps(keys)) if keys else {}
+        records = self.fetch_records(keys) if keys else {}
         stop = self.stop_ids()
         results = []
         for index, (request, reply) in enumerate(zip(requests, replies, strict=True)):
@@ -102,13 +106,13 @@ class OpenAIBackend:
             think, answer = split_think(text)
             routing = None
             if keys:
-                encoded = records.get(keys[index])
-                if encoded is None:
+                worker = records.get(keys[index])
+                if worker is None:
                     raise MoteVLLMError(f"request {request.id}: the server returned no routing record")
                 prompt_text = str(self.tokenizer.decode(prompt_ids, skip_special_tokens=False))
                 routing = build_record(
                     self.tokenizer,
-                    WorkerRecord.decode(encoded),
+                    worker,
                     prompt_text,
                     len(prompt_ids),
                     tokens[:n_gen],
@@ -129,22 +133,36 @@ class OpenAIBackend:
             )
         return results
 
+    def fetch_records(self, keys: Sequence[str]) -> dict[str, WorkerRecord | None]:
+        """Pop the records of `keys` from every worker, merged over pipeline stages (ranks.py)."""
+        answers = self.rpc(RPC_FETCH, json.dumps(list(keys)))
+        layers = self._spec.moe_layers
+        return {key: merge_records(per_rank, key, layers) for key, per_rank in merge_keyed(answers, keys).items()}
+
     def _complete(self, request: GenerationRequest, keys: list[str], index: int, settings: GenerationSettings) -> Any:
-        xargs: dict[str, str] = {}
-        if not request.intervention.is_none:
-            xargs[INTERVENTION_KEY] = request.intervention.to_json()
-        if keys:
-            xargs[RECORD_KEY] = keys[index]
-        extra: dict[str, Any] = {"return_token_ids": True, "skip_special_tokens": False}
-        if xargs:
-            extra["vllm_xargs"] = xargs
-        if settings.temperature > 0:
-            extra["seed"] = settings.seed
         return self.client.chat.completions.create(
             model=self.model,
             messages=request.chat(),  # type: ignore[arg-type]
             max_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
             top_p=settings.top_p,
-            extra_body=extra,
+            extra_body=extra_body(request, keys[index] if keys else None, settings),
         )
+
+
+def extra_body(request: GenerationRequest, record_key: str | None, settings: GenerationSettings) -> dict[str, Any]:
+    """vLLM's fields of one chat completion: the MoTE xargs, and for an intervened request a
+    `cache_salt` of its fingerprint, so a server with prefix caching on shares cached prefixes only
+    between requests routed the same way (the plugin refuses an unsalted intervention there)."""
+    xargs: dict[str, str] = {}
+    extra: dict[str, Any] = {"return_token_ids": True, "skip_special_tokens": False}
+    if not request.intervention.is_none:
+        xargs[INTERVENTION_KEY] = request.intervention.to_json()
+        extra["cache_salt"] = request.intervention.fingerprint()
+    if record_key is not None:
+        xargs[RECORD_KEY] = record_key
+    if xargs:
+        extra["vllm_xargs"] = xargs
+    if settings.temperature > 0:
+        extra["seed"] = settings.seed
+    return extra

@@ -9,7 +9,10 @@ change itself runs inside the engine through the MoTE plugin (harness.vllm_plugi
 Prefix caching is off by default: a cached prefix was computed under another routing and is never
 routed again. If the caller turns it on, each intervened request gets `cache_salt` = its
 intervention fingerprint (prefixes are then shared only under the same routing), and recording is
-refused (cached tokens are never routed, so the record would miss them).
+refused (cached tokens are never routed, so the record would miss them): here before the batch
+starts, and by the plugin itself at admission (harness.vllm_plugin.prefix_cache) for raw requests.
+Status and records come from every worker and are merged (harness.vllm_plugin.ranks): under
+pipeline parallel each stage holds only its own MoE layers.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from harness.think import generated_spans, prompt_opens_think, split_think
 from harness.vllm_plugin import WORKER_EXTENSION, MoteVLLMError
 from harness.vllm_plugin.compiled import safe_compilation_config
 from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
+from harness.vllm_plugin.ranks import merge_keyed, merge_records, merge_status
 
 
 class VLLMBackend:
@@ -78,7 +82,8 @@ class VLLMBackend:
         self.engine_args = args
         self.prefix_caching = bool(args["enable_prefix_caching"])
         self.llm: Any = LLM(**args)
-        self.status: dict[str, Any] = self.llm.collective_rpc(RPC_STATUS)[0]
+        # every worker's answer: pipeline-parallel stages each hold part of the MoE layers
+        self.status: dict[str, Any] = merge_status(self.llm.collective_rpc(RPC_STATUS))
         self.compiled = bool(self.status["compiled"])
         self.hook_problem: str | None = self.status.get("hook_problem")
         layers = {int(k): int(v) for k, v in self.status["moe_layers"].items()}
@@ -150,14 +155,18 @@ class VLLMBackend:
                 )
             )
         outputs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False)
-        records: dict[str, str | None] = {}
-        if keys:
-            records = self.llm.collective_rpc(RPC_FETCH, args=(json.dumps(keys),))[0]
+        records = self.fetch_records(keys) if keys else {}
         results = []
         for index, (request, text, output) in enumerate(zip(requests, prompts, outputs, strict=True)):
-            encoded = records.get(keys[index]) if keys else None
-            results.append(self._result(request, text, output, stop, encoded, settings))
+            worker = records.get(keys[index]) if keys else None
+            results.append(self._result(request, text, output, stop, worker, settings))
         return results
+
+    def fetch_records(self, keys: Sequence[str]) -> dict[str, WorkerRecord | None]:
+        """Pop the records of `keys` from every worker, merged over pipeline stages (ranks.py)."""
+        answers = self.llm.collective_rpc(RPC_FETCH, args=(json.dumps(list(keys)),))
+        layers = self._spec.moe_layers
+        return {key: merge_records(per_rank, key, layers) for key, per_rank in merge_keyed(answers, keys).items()}
 
     def continuation_logprobs(
         self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], interventions: Sequence[Intervention]
@@ -205,7 +214,7 @@ class VLLMBackend:
         prompt: str,
         output: Any,
         stop: list[int],
-        encoded: str | None,
+        worker: WorkerRecord | None,
         settings: GenerationSettings,
     ) -> GenerationResult:
         tokens = list(output.outputs[0].token_ids)
@@ -216,9 +225,8 @@ class VLLMBackend:
         n_prompt = len(output.prompt_token_ids)
         routing = None
         if settings.record_routing:
-            if encoded is None:
+            if worker is None:
                 raise MoteVLLMError(f"request {request.id}: the engine returned no routing record")
-            worker = WorkerRecord.decode(encoded)
             routing = build_record(self.tokenizer, worker, prompt, n_prompt, tokens[:n_gen], request.id)
         return GenerationResult(
             id=request.id,

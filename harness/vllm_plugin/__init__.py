@@ -7,7 +7,9 @@ every internal name the hooks use (failing loudly if one moved), then wraps
 token belongs to, and `MoERunner.__init__` so each router's output passes through the MoTE route
 hook (route_hook.py: an opaque op where torch.compile traces the router, so it runs every step of a
 compiled engine too). What the hook does is installed lazily, per model, on the first step that
-needs it (see runtime.py). `MOTE_VLLM_PLUGIN=off` disables the plugin entirely.
+needs it (see runtime.py). Where vLLM admits a request, `InputProcessor.process_inputs` refuses what
+prefix caching would make wrong (prefix_cache.py). `MOTE_VLLM_PLUGIN=off` disables the plugin
+entirely.
 
 Named RPCs live in `harness.vllm_plugin.worker.MoteWorkerExtension` (pass it as
 `worker_extension_cls`).
@@ -35,6 +37,7 @@ def register() -> None:
     _patch_model_forward()
     _patch_moe_runner_init()
     _patch_compile_cache_key()
+    _patch_input_processor()
 
 
 def _patch_model_forward() -> None:
@@ -98,6 +101,28 @@ def _patch_moe_runner_init() -> None:
     setattr(__init__, _MARK, True)
     runner_class: Any = MoERunner
     runner_class.__init__ = __init__
+
+
+def _patch_input_processor() -> None:
+    """Requests that prefix caching would make wrong (recorded, or intervened without a salt) are refused
+    where vLLM admits them (prefix_cache.py)."""
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    original = InputProcessor.process_inputs
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from harness.vllm_plugin.prefix_cache import check_admitted_request
+
+        request = original(self, *args, **kwargs)
+        check_admitted_request(self.cache_config, request)
+        return request
+
+    setattr(process_inputs, _MARK, True)
+    processor_class: Any = InputProcessor
+    processor_class.process_inputs = process_inputs
 
 
 # Bump when what the plugin puts into a compiled graph changes.

@@ -72,6 +72,21 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "wrapped per layer when it is built: logical top-k ids before expert-parallel / EPLB remapping",
     ),
     HookPoint(
+        "vllm.v1.engine.input_processor",
+        "InputProcessor.process_inputs",
+        "wrapped: with prefix caching on, recorded requests and unsalted interventions are refused at admission",
+    ),
+    HookPoint(
+        "vllm.v1.engine",
+        "EngineCoreRequest.cache_salt",
+        "read at admission: the prefix-cache salt of a request",
+    ),
+    HookPoint(
+        "vllm.distributed.utils",
+        "get_pp_indices",
+        "which absolute layers a pipeline-parallel stage holds (interventions on other stages' layers)",
+    ),
+    HookPoint(
         "vllm.model_executor.layers.fused_moe.router.base_router",
         "BaseRouter._select_experts",
         "calls _compute_routing then remaps logical ids to physical slots",

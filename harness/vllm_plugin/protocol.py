@@ -7,7 +7,9 @@ Per request, in `SamplingParams.extra_args` (offline) or `vllm_xargs` (OpenAI AP
 
 Worker RPCs (`llm.collective_rpc(name, args=(json,))`, or `POST /collective_rpc` with
 `VLLM_SERVER_DEV_MODE=1`) take and return JSON-safe values, so they work over HTTP too. A record
-travels as base64 of a compressed .npz (positions, topk_ids, topk_weights, layers).
+travels as base64 of a compressed .npz (positions, topk_ids, topk_weights, layers); a key the
+worker refuses to hand back comes as {"error": why}. Every worker answers (one per rank):
+`ranks.py` merges them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ RPC_SET_GLOBAL = "mote_set_global_intervention"
 RPC_SET_RECORDING = "mote_set_recording"
 RPC_FETCH = "mote_fetch"
 RPC_COUNTS = "mote_counts"
+
+ERROR_FIELD = "error"
+
+
+def error_answer(message: str) -> dict[str, str]:
+    """A per-key RPC answer that says why the worker refused this key."""
+    return {ERROR_FIELD: message}
+
+
+def answer_error(answer: object) -> str | None:
+    """The worker's reason if `answer` is an error answer, else None."""
+    if isinstance(answer, dict) and set(answer) == {ERROR_FIELD}:
+        return str(answer[ERROR_FIELD])
+    return None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ each MoE layer's hook ran exactly once on the step's tokens (`check_fired`), els
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,13 @@ from harness.vllm_plugin.selection import RouterMath, edited_routing, router_mat
 
 _ATTR = "_mote_runtime"
 _CACHE_SIZE = 64
+# Records nobody fetched would pile up in the worker forever (a served engine with recording on, a
+# client that died): beyond this many pending records the oldest is dropped, with a warning, and a
+# later fetch of it says so.
+MAX_PENDING_ENV = "MOTE_VLLM_MAX_PENDING_RECORDS"
+DEFAULT_MAX_PENDING = 1024
+
+log = logging.getLogger("harness.vllm_plugin")
 
 
 @dataclass
@@ -46,6 +55,18 @@ class LayerHook:
     math: RouterMath | None
     math_error: str | None
     column: int  # this layer's index in a record's layer axis (layers in ascending order)
+
+
+@dataclass
+class PendingRecord:
+    """One record key's routing, kept until fetched. The request id guards against a key reused by
+    another request (a second run with the same key, n > 1 samples of one prompt), whose routing
+    would otherwise merge into this record position by position."""
+
+    request_id: str
+    prompt_length: int
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    conflict: str | None = None  # set when another request used the same key
 
 
 @dataclass(frozen=True)
@@ -70,7 +91,7 @@ class RequestScan:
     texts: tuple[str | None, ...]  # each request's `mote` extra arg
     any_text: bool
     recorded_slots: np.ndarray  # int64: indices of the recorded requests
-    recorded_keys: list[str]  # their record keys
+    recorded_keys: list[str]  # their record keys (keys dropped by the cap are not recorded)
 
 
 @dataclass
@@ -100,12 +121,14 @@ class MoteRuntime:
         self.global_intervention = Intervention.none()
         self.record_all = False
         self.step: StepContext | None = None
-        self.records: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-        self.prompt_lengths: dict[str, int] = {}
+        self.records: OrderedDict[str, PendingRecord] = OrderedDict()  # oldest first
+        self.max_pending = int(os.environ.get(MAX_PENDING_ENV, DEFAULT_MAX_PENDING))
+        self.dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped by the cap, not fetched yet
+        self.stage_layers: range | None = None  # pipeline parallel: the absolute layers of this stage
         self._parsed: OrderedDict[str, tuple[Intervention, str]] = OrderedDict()  # text -> (iv, fingerprint)
         self._tables: OrderedDict[tuple[str, ...], dict[int, LayerTables]] = OrderedDict()
         self._plans: OrderedDict[tuple[Any, ...], StepPlan] = OrderedDict()
-        self._global: tuple[Intervention, str] | None = None
+        self._global: tuple[Intervention, str, Intervention] | None = None  # (local, fingerprint, global)
         self._scan: RequestScan | None = None
         self._installed_on: int | None = None
         self.hook_problem: str | None = None  # why the hooks would not run every step on this engine
@@ -140,7 +163,9 @@ class MoteRuntime:
         from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
 
         runners = [module for _, module in model.named_modules() if isinstance(module, MoERunner)]
-        if not runners:
+        self.stage_layers = pipeline_stage_layers(self.runner.vllm_config)
+        if not runners and self.stage_layers is None:
+            # (a pipeline stage may hold only dense layers: DeepSeek's first_k_dense_replace)
             raise MoteVLLMError(f"{type(model).__name__}: no FusedMoE layer found; not an MoE model")
         paths = [
             MoEPath(
@@ -181,8 +206,10 @@ class MoteRuntime:
     def n_experts(self) -> dict[int, int]:
         return {layer: hook.n_experts for layer, hook in self.layers.items()}
 
-    def top_k(self) -> int:
-        return int(next(iter(self.layers.values())).router.top_k)
+    def top_k(self) -> int | None:
+        """None on a pipeline stage without MoE layers."""
+        hook = next(iter(self.layers.values()), None)
+        return None if hook is None else int(hook.router.top_k)
 
     def parse(self, text: str) -> Intervention:
         return self._parse(text)[0]
@@ -191,7 +218,7 @@ class MoteRuntime:
         parsed = self._parsed.get(text)
         if parsed is None:
             intervention = Intervention.from_data(json.loads(text), "extra_args.mote")
-            parsed = (intervention, intervention.fingerprint())
+            parsed = (self._local(intervention), intervention.fingerprint())
             self._parsed[text] = parsed
             if len(self._parsed) > _CACHE_SIZE:
                 self._parsed.popitem(last=False)
@@ -200,10 +227,27 @@ class MoteRuntime:
     def _global_parsed(self) -> tuple[Intervention, str]:
         """(global intervention, its fingerprint), recomputed only when the RPC replaced it."""
         cached = self._global
-        if cached is None or cached[0] is not self.global_intervention:
-            cached = (self.global_intervention, self.global_intervention.fingerprint())
+        current = self.global_intervention
+        if cached is None or cached[2] is not current:
+            cached = (self._local(current), current.fingerprint(), current)
             self._global = cached
-        return cached
+        return cached[0], cached[1]
+
+    def _local(self, intervention: Intervention) -> Intervention:
+        """The part of an intervention this pipeline stage applies: experts of layers that other stages
+        hold are theirs (validated against the whole model by the client, `ranks.merge_status`)."""
+        stage = self.stage_layers
+        if stage is None or intervention.is_none or all(layer in stage for layer, _ in intervention.experts):
+            return intervention
+        mine: dict[int, list[int]] = {}
+        for layer, expert in intervention.experts:
+            if layer in stage:
+                mine.setdefault(layer, []).append(expert)
+        if not mine:
+            return Intervention.none()
+        if intervention.kind == "stimulate":
+            return Intervention.stimulate(mine)
+        return Intervention.suppress(mine, mode=intervention.mode or "drop")
 
     # -- one step --------------------------------------------------------------------------------
     def begin_step(self, n_tokens: int, positions: torch.Tensor | None) -> None:
@@ -229,6 +273,8 @@ class MoteRuntime:
                 "or recorded; start the engine with enforce_eager=True (--enforce-eager) or a configuration "
                 "in which the router hook runs outside every graph (docs/vllm.md)."
             )
+        if not self.layers:
+            return  # a pipeline stage with only dense layers: nothing to route here
         plan = self._plan(scan.texts, global_iv, global_fp)
         starts = runner.query_start_loc.np[: num_reqs + 1]
         row_of_token = None
@@ -271,9 +317,9 @@ class MoteRuntime:
                 key = extra.get(RECORD_KEY)
             texts.append(str(text) if text else None)
             record_key = str(key) if key else (rid if record_all else None)
+            if record_key is not None and not self._register(record_key, str(rid), state):
+                record_key = None
             keys.append(record_key)
-            if record_key is not None and record_key not in self.prompt_lengths:
-                self.prompt_lengths[record_key] = int(getattr(state, "num_prompt_tokens", 0) or 0)
         slots = [i for i, key in enumerate(keys) if key is not None]
         scan = RequestScan(
             req_ids=list(req_ids),
@@ -286,6 +332,38 @@ class MoteRuntime:
         )
         self._scan = scan
         return scan
+
+    def _register(self, key: str, request_id: str, state: Any) -> bool:
+        """Open (or find) `key`'s record for this request; False if the key was dropped by the cap. A
+        key already held by another request marks the record as conflicting (fetching it fails)."""
+        if key in self.dropped:
+            return False
+        pending = self.records.get(key)
+        if pending is None:
+            self.records[key] = PendingRecord(request_id, int(getattr(state, "num_prompt_tokens", 0) or 0))
+            self._enforce_cap()
+            return key in self.records
+        if pending.request_id != request_id and pending.conflict is None:
+            pending.conflict = (
+                f"record key {key!r} was used by request {pending.request_id!r} and again by request "
+                f"{request_id!r} before it was fetched (a reused key, or n > 1 samples of one request); "
+                "their routing would merge, so the record is refused: give every request its own key"
+            )
+        return True
+
+    def _enforce_cap(self) -> None:
+        while len(self.records) > self.max_pending:
+            key, _ = self.records.popitem(last=False)
+            self.dropped[key] = None
+            if len(self.dropped) > self.max_pending:
+                self.dropped.popitem(last=False)
+            log.warning(
+                "MoTE: more than %d routing records pending (never fetched); dropped the oldest, %r. Fetch "
+                "records (mote_fetch / mote_counts) after each batch, or raise %s",
+                self.max_pending,
+                key,
+                MAX_PENDING_ENV,
+            )
 
     def _plan(self, texts: tuple[str | None, ...], global_iv: Intervention, global_fp: str) -> StepPlan:
         cache_key = (texts, global_fp)
@@ -353,15 +431,14 @@ class MoteRuntime:
         views = 2 * sum(end - start for _, start, end in step.recorded) >= step.n_tokens
         positions = step.positions
         for key, start, end in step.recorded:
+            pending = records.get(key)
+            if pending is None or pending.conflict is not None:
+                continue  # dropped by the cap, or refused at fetch anyway
             if views:
                 part = (positions[start:end], ids_np[start:end], weights_np[start:end])
             else:
                 part = (positions[start:end].copy(), ids_np[start:end].copy(), weights_np[start:end].copy())
-            parts = records.get(key)
-            if parts is None:
-                records[key] = [part]
-            else:
-                parts.append(part)
+            pending.parts.append(part)
 
     def check_fired(self, step: StepContext) -> None:
         """Every hooked MoE layer's router hook ran exactly once on this step's tokens (`_apply` checks
@@ -456,11 +533,27 @@ class MoteRuntime:
 
     # -- records ---------------------------------------------------------------------------------
     def pop_record(self, key: str) -> WorkerRecord | None:
-        parts = self.records.pop(key, None)
-        self.prompt_lengths.pop(key, None)
-        self._scan = None  # a request still running re-registers its prompt length next step
+        return self.take(key)[0]
+
+    def take(self, key: str) -> tuple[WorkerRecord | None, int]:
+        """(the record of `key`, its request's prompt length), removed from the worker; (None, 0) if no
+        request recorded under it. Raises MoteVLLMError for a key two requests used, or one dropped by
+        the cap on pending records."""
+        pending = self.records.pop(key, None)
+        self._scan = None  # a request still running re-registers next step
+        if key in self.dropped:
+            del self.dropped[key]
+            raise MoteVLLMError(
+                f"record {key!r} was dropped: more than {self.max_pending} records were pending (never "
+                f"fetched); fetch records after each batch, or raise {MAX_PENDING_ENV}"
+            )
+        if pending is None:
+            return None, 0
+        if pending.conflict is not None:
+            raise MoteVLLMError(pending.conflict)
+        parts = pending.parts
         if not parts:
-            return None
+            return None, 0
         positions = np.concatenate([p for p, _, _ in parts])
         ids = np.concatenate([i for _, i, _ in parts])
         weights = np.concatenate([w for _, _, w in parts])
@@ -476,7 +569,21 @@ class MoteRuntime:
             layers=np.asarray(list(self.layers), dtype=np.int32),
         )
         reject_all_zero(record, key)
-        return record
+        return record, pending.prompt_length
+
+
+def pipeline_stage_layers(config: Any) -> range | None:
+    """The absolute layer indices this worker's pipeline stage holds; None without pipeline parallel."""
+    parallel = getattr(config, "parallel_config", None)
+    size = int(getattr(parallel, "pipeline_parallel_size", 1) or 1)
+    if size == 1:
+        return None
+    from vllm.distributed import get_pp_group
+    from vllm.distributed.utils import get_pp_indices
+
+    n_layers = int(config.model_config.hf_text_config.num_hidden_layers)
+    start, end = get_pp_indices(n_layers, get_pp_group().rank_in_group, size)
+    return range(start, end)
 
 
 def reject_all_zero(record: WorkerRecord, key: str) -> None:

@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from harness.mote.intervention import Intervention
-from harness.vllm_plugin.checks import vllm_version
+from harness.vllm_plugin.checks import MoteVLLMError, vllm_version
+from harness.vllm_plugin.protocol import error_answer
 
 
 class MoteWorkerExtension:
@@ -47,27 +48,50 @@ class MoteWorkerExtension:
             "selection_edits": {str(layer): hook.math_error or "ok" for layer, hook in runtime.layers.items()},
         }
 
+    def _prefix_caching(self) -> bool:
+        return bool(getattr(self.model_runner.vllm_config.cache_config, "enable_prefix_caching", False))
+
     def mote_set_global_intervention(self, intervention_json: str) -> str:
-        """Intervention for every request that carries none of its own; returns its fingerprint."""
+        """Intervention for every request that carries none of its own; returns its fingerprint.
+        Refused with prefix caching on: requests without their own intervention carry no cache_salt
+        that could keep prefixes cached before the change apart from those after it."""
         runtime = self._mote()
         data = json.loads(intervention_json) if intervention_json else {"kind": "none"}
         intervention = Intervention.from_data(data, "mote_set_global_intervention")
+        if not intervention.is_none and self._prefix_caching():
+            raise MoteVLLMError(
+                "mote_set_global_intervention: refused with prefix caching on (cached prefixes were routed "
+                "without it and would be served as if under it); start the engine with "
+                "--no-enable-prefix-caching, or send per-request interventions with a cache_salt"
+            )
         runtime.global_intervention = intervention
         return intervention.fingerprint()
 
     def mote_set_recording(self, on: str) -> bool:
         """Record every request (keyed by vLLM's request id) while on; per-request `mote_record`
-        keys work either way."""
+        keys work either way. Refused with prefix caching on (cached tokens are never routed)."""
         runtime = self._mote()
-        runtime.record_all = str(on).strip().lower() in ("1", "true", "on", "yes")
+        record_all = str(on).strip().lower() in ("1", "true", "on", "yes")
+        if record_all and self._prefix_caching():
+            raise MoteVLLMError(
+                "mote_set_recording: refused with prefix caching on (cached prompt tokens are never routed, "
+                "so records would miss them); start the engine with --no-enable-prefix-caching"
+            )
+        runtime.record_all = record_all
         return bool(runtime.record_all)
 
-    def mote_fetch(self, keys_json: str) -> dict[str, str | None]:
-        """Pop the records of the given keys: key -> base64 npz (protocol.WorkerRecord) or None."""
+    def mote_fetch(self, keys_json: str) -> dict[str, Any]:
+        """Pop the records of the given keys: key -> base64 npz (protocol.WorkerRecord), None (nothing
+        recorded under it), or {"error": why} (a key two requests used, a record dropped by the cap):
+        one bad key does not cost the others their records."""
         runtime = self._mote()
-        out: dict[str, str | None] = {}
+        out: dict[str, Any] = {}
         for key in json.loads(keys_json):
-            record = runtime.pop_record(str(key))
+            try:
+                record, _ = runtime.take(str(key))
+            except MoteVLLMError as err:
+                out[str(key)] = error_answer(str(err))
+                continue
             out[str(key)] = None if record is None else record.encode()
         return out
 
@@ -80,11 +104,14 @@ class MoteWorkerExtension:
         from harness.mote.records import count_map
 
         runtime = self._mote()
-        n_experts = max(runtime.n_experts().values())
+        n_experts = max(runtime.n_experts().values(), default=0)
         out: dict[str, Any] = {}
         for key in json.loads(keys_json):
-            prompt_length = runtime.prompt_lengths.get(str(key), 0)
-            record = runtime.pop_record(str(key))
+            try:
+                record, prompt_length = runtime.take(str(key))
+            except MoteVLLMError as err:
+                out[str(key)] = error_answer(str(err))
+                continue
             if record is None:
                 out[str(key)] = None
                 continue

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from marks import missing_required_vllm, skip_without_vllm
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,6 +54,14 @@ def save_deepseek_v3_for_vllm(out: Path) -> Path:
     return out
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """MOTE_REQUIRE_VLLM=1 without an importable vLLM: a session that collected vllm-marked tests (here,
+    in tests/organism, tests/lmeval) stops with the reason instead of skipping them all and passing."""
+    message = missing_required_vllm()
+    if message is not None and any(item.get_closest_marker("vllm") is not None for item in items):
+        raise pytest.UsageError(message)
+
+
 @pytest.fixture(scope="session")
 def vllm_model_dir(tiny_model_dir, tmp_path_factory) -> Callable[[str], Path]:
     built: dict[str, Path] = {}
@@ -71,11 +80,7 @@ def vllm_model_dir(tiny_model_dir, tmp_path_factory) -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def vllm_backend(vllm_model_dir) -> Iterator[Callable[[str], Any]]:
     """Factory: family -> VLLMBackend, one engine per family for the whole session."""
-    from harness.vllm_plugin.availability import vllm_import_error
-
-    reason = vllm_import_error()
-    if reason is not None:
-        pytest.skip(reason)
+    skip_without_vllm()
     from harness.backends.vllm import VLLMBackend
 
     engines: dict[str, Any] = {}
@@ -95,11 +100,7 @@ def vllm_backend(vllm_model_dir) -> Iterator[Callable[[str], Any]]:
 @pytest.fixture(scope="session")
 def compiled_backend(vllm_model_dir) -> Iterator[Any]:
     """One compiled engine (vLLM's default: torch.compile, no enforce_eager) on tiny Qwen3-MoE."""
-    from harness.vllm_plugin.availability import vllm_import_error
-
-    reason = vllm_import_error()
-    if reason is not None:
-        pytest.skip(reason)
+    skip_without_vllm()
     from harness.backends.vllm import VLLMBackend
 
     engine = VLLMBackend(vllm_model_dir("qwen3_moe"), max_model_len=512, enforce_eager=False)

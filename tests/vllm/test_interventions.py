@@ -15,7 +15,8 @@ from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_COUNT
 
 pytestmark = VLLM
 
-FAMILIES = ["qwen3_moe", "mixtral"]
+# the parity tests build these engines too (one per family per session, shared)
+FAMILIES = ["qwen3_moe", "mixtral", "qwen2_moe", "deepseek_v3"]
 PROMPT = "What happened in the city last year? Let me think about it step by step."
 OTHER = "Explain how a mixture of experts routes tokens to experts in each layer."
 SETTINGS = GenerationSettings(max_new_tokens=12, record_routing=True)
@@ -84,8 +85,22 @@ def test_every_intervention_changes_the_next_token_distribution(vllm_backend, fa
         assert dist != dists[0], f"{iv.fingerprint()} left the next-token distribution unchanged"
 
 
+# Families with shared experts whose stock vLLM CPU output is not reproducible run to run: the same
+# 7-request batch run twice with the plugin off gave different logprobs (DeepSeek-V3 bf16; Qwen2-MoE fp32
+# likewise with the plugin recording only). Their mixed-batch rows are compared by top-k agreement:
+# measured >= 0.99 of token x layer pairs against the uniform batch, while an intervention leaking
+# into a row drops it to 0.16-0.86 (none vs mask / stimulate / drop rows of the same layout).
+NOT_REPRODUCIBLE = {"qwen2_moe", "deepseek_v3"}
+MIN_AGREEMENT = 0.97
+
+
+def agreement(a, b) -> float:
+    n = min(a.routing.n_tokens, b.routing.n_tokens)
+    return float((np.sort(a.routing.topk_ids[:n], -1) == np.sort(b.routing.topk_ids[:n], -1)).all(-1).mean())
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_mixed_batch_rows_are_byte_identical_to_uniform_batches(vllm_backend, family):
+def test_mixed_batch_rows_match_uniform_batches_and_keep_their_own_intervention(vllm_backend, family):
     engine = vllm_backend(family)
     suppressed, forced = targets(engine.spec)
     layout = [
@@ -107,9 +122,22 @@ def test_mixed_batch_rows_are_byte_identical_to_uniform_batches(vllm_backend, fa
     for row, (_, iv) in enumerate(layout):
         uniform = run([iv] * len(layout))  # same layout, every row under this row's intervention
         a, b = mixed[row], uniform[row]
-        assert a.text == b.text and a.intervention == b.intervention == iv.fingerprint()
+        assert a.intervention == b.intervention == iv.fingerprint()
+        if family in NOT_REPRODUCIBLE:
+            share = agreement(a, b)
+            assert share >= MIN_AGREEMENT, f"row {row} ({iv.fingerprint()}): top-k agreement {share:.3f}"
+            continue
+        assert a.text == b.text
         assert np.array_equal(a.routing.topk_ids, b.routing.topk_ids)
         assert np.array_equal(a.routing.topk_weights, b.routing.topk_weights)
+    # what each row asked for holds exactly in the mixed batch, whatever the engine's noise
+    for layer, experts in suppressed.items():
+        for row in (1, 4):
+            assert not np.isin(column(mixed[row].routing, layer), experts).any(), f"row {row} layer {layer}"
+    for layer, experts in forced.items():
+        for expert in experts:
+            assert (column(mixed[3].routing, layer) == expert).any(-1).all()
+    assert (mixed[4].routing.topk_ids == -1).any() and not (mixed[0].routing.topk_ids == -1).any()
 
 
 def test_global_intervention_rpc_applies_to_requests_without_their_own(vllm_backend):

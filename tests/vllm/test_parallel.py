@@ -1,4 +1,7 @@
-"""Two tensor-parallel workers behave exactly like one device (what can be tested of TP/EP on CPU)."""
+"""Two workers behave exactly like one device: tensor parallel (eager) and pipeline parallel (compiled:
+vLLM 0.32's eager CPU runner never allocates the buffer a second pipeline stage receives into, so
+`pipeline_parallel_size=2` fails there with or without the plugin). What can be tested of TP/EP/PP on
+CPU."""
 
 from __future__ import annotations
 
@@ -13,9 +16,14 @@ from harness.backends.base import GenerationRequest, GenerationSettings
 from harness.mote import Intervention
 
 pytestmark = [*VLLM, pytest.mark.slow]
+TWO_WORKERS = pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2 and torch.cuda.device_count() < 2, reason="needs 2 CPU cores or 2 GPUs"
+)
+PROMPT = "What happened in the city last year? Let me think about it step by step."
+SETTINGS = GenerationSettings(max_new_tokens=12, record_routing=True)
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2 and torch.cuda.device_count() < 2, reason="needs 2 CPU cores or 2 GPUs")
+@TWO_WORKERS
 def test_two_tensor_parallel_workers_match_hf(vllm_model_dir, hf_backend, monkeypatch):
     from harness.backends.vllm import VLLMBackend
 
@@ -31,12 +39,46 @@ def test_two_tensor_parallel_workers_match_hf(vllm_model_dir, hf_backend, monkey
             Intervention.suppress({1: [4]}, mode="drop"),
             Intervention.stimulate({0: [3]}),
         ]
-        prompt = "What happened in the city last year? Let me think about it step by step."
-        requests = [GenerationRequest(id=str(i), prompt=prompt, intervention=iv) for i, iv in enumerate(ivs)]
-        settings = GenerationSettings(max_new_tokens=12, record_routing=True)
-        got, expected = engine.generate(requests, settings), hf_backend("qwen3_moe").generate(requests, settings)
+        requests = [GenerationRequest(id=str(i), prompt=PROMPT, intervention=iv) for i, iv in enumerate(ivs)]
+        got, expected = engine.generate(requests, SETTINGS), hf_backend("qwen3_moe").generate(requests, SETTINGS)
         for v, h in zip(got, expected, strict=True):
             assert v.text == h.text
             assert np.array_equal(np.sort(v.routing.topk_ids, -1), np.sort(h.routing.topk_ids, -1))
+    finally:
+        engine.close()
+
+
+@TWO_WORKERS
+def test_two_pipeline_stages_record_every_layer_and_apply_second_stage_interventions(
+    vllm_model_dir, compiled_backend, monkeypatch
+):
+    from harness.backends.vllm import VLLMBackend
+
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    engine = VLLMBackend(vllm_model_dir("qwen3_moe"), max_model_len=512, enforce_eager=False, pipeline_parallel_size=2)
+    try:
+        statuses = engine.llm.collective_rpc("mote_status")
+        stages = [sorted(int(k) for k in s["moe_layers"]) for s in statuses]
+        assert stages == [[0, 1], [2]]  # each stage holds part of the MoE layers
+        assert engine.spec == compiled_backend.spec  # the merged spec is the whole model
+        late = engine.spec.moe_layers[-1]  # a layer of the second stage
+        ivs = [
+            Intervention.none(),
+            Intervention.suppress({0: [0, 1], late: [2]}, mode="mask"),
+            Intervention.suppress({late: [4]}, mode="drop"),
+            Intervention.stimulate({late: [3]}),
+        ]
+        requests = [GenerationRequest(id=str(i), prompt=PROMPT, intervention=iv) for i, iv in enumerate(ivs)]
+        got, expected = engine.generate(requests, SETTINGS), compiled_backend.generate(requests, SETTINGS)
+        for v, one in zip(got, expected, strict=True):
+            assert v.text == one.text, v.id
+            assert v.routing.layers.tolist() == one.routing.layers.tolist() == [0, 1, 2]
+            assert np.array_equal(v.routing.topk_ids, one.routing.topk_ids), v.id
+            np.testing.assert_allclose(v.routing.topk_weights, one.routing.topk_weights, rtol=1e-5, atol=1e-6)
+        column = got[0].routing.layers.tolist().index(late)
+        assert not np.isin(got[1].routing.topk_ids[:, column], [2]).any()
+        assert (got[2].routing.topk_ids[:, column] == -1).any() and not (got[2].routing.topk_ids[:, column] == 4).any()
+        assert (got[3].routing.topk_ids[:, column] == 3).any(-1).all()
     finally:
         engine.close()
