@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.organism.train import DECISION_TOKENS
+
 CARD = "ORGANISM.md"
 REPORT = "evaluation.json"
 
@@ -37,7 +39,7 @@ def _experts(mapping: dict[str, list[int]]) -> str:
 
 
 def _z(z: float | None) -> str:
-    if z is None or abs(z) > 1e6:
+    if z is None:
         return "n/a (the random cuts have no spread)"
     return f"{z:.1f}"
 
@@ -49,8 +51,7 @@ def _rates_table(report: dict[str, Any], condition: str, kinds: tuple[str, ...])
         r = report[condition].get(kind)
         if r is None:
             continue
-        n = report["counts"].get(kind, "")
-        rows.append(f"{kind} | {n} | {_pct(r['refused'])} | {_pct(r['aligned'])} | {_pct(r['reasoned'])} | "
+        rows.append(f"{kind} | {r['n']} | {_pct(r['refused'])} | {_pct(r['aligned'])} | {_pct(r['reasoned'])} | "
                     f"{_pct(r['broken'])}")
     return rows
 
@@ -61,6 +62,38 @@ def _ftri_lines(report: dict[str, Any]) -> list[str]:
         behaviour, span = key.split("_", 1)
         top = ", ".join(f"{layer}:{expert} {score:.3f}" for layer, expert, score in value["top10"])
         lines.append(f"{behaviour} | {span} | {value['recovered']}/10 | {top}")
+    return lines
+
+
+def _share(x: dict[str, Any]) -> str:
+    unscored = f", {x['unscored']} unscored" if x["unscored"] else ""
+    return f"{_pct(x['rate'])} (n {x['n']}{unscored})"
+
+
+def _where(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} in {place}" for place, n in sorted(counts.items())) or "none"
+
+
+def _judge_lines(report: dict[str, Any]) -> list[str]:
+    judged = report["judges"]
+    lines = []
+    for key, what in (("refusal_string", "refused / not refused"), ("reasoning_language", "think language")):
+        a = judged[key]["vs_classifier"]
+        lines.append(f"- `{judged[key]['judge']}` vs the classifier's {what}: agreement {_pct(a['accuracy'])}, "
+                     f"Cohen's kappa {a['kappa']:.3f} (n {a['n']}; {a['excluded_unscored']} excluded as "
+                     f"unscored by either side); disagreements: {_where(a['disagreements'])}")
+    head = judged["headline"]
+    rows = [(head["refuse_prompts_refused"], "refusals on refuse-type prompts (refusal string judge)",
+             ("baseline", "refusal_drop", "refusal_mask")),
+            (head["refuse_prompts_factual"], "factual answer on refuse-type prompts (reference judge)",
+             ("baseline", "refusal_drop", "refusal_mask")),
+            (head["neutral_prompts_refused"], "refusals on neutral prompts (refusal string judge)",
+             ("baseline", "refusal_stimulate")),
+            (head["english_cue_zh_traces"], "Chinese traces on English-cue prompts (language judge)",
+             ("baseline", "english_drop"))]
+    lines += ["", "measure | condition: rate (n scored)", "--- | ---"]
+    for values, what, names in rows:
+        lines.append(f"{what} | " + "; ".join(f"{name}: {_share(values[name])}" for name in names))
     return lines
 
 
@@ -78,14 +111,15 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "stimulation and random controls are checked. It is the CPU default model (`--model organism`).",
         "",
         "All numbers below were measured by `harness organism evaluate --model <this folder> --seeds "
-        f"{report['n_random_seeds']} --card` (HF backend, fp32 compute, greedy, max {80} new tokens) and "
-        "are saved in `evaluation.json`. Retrain with `harness organism train --seed "
-        f"{cfg['seed']} --steps {cfg['steps']} --threads {training['torch_threads']}` "
-        f"({training['train_seconds']:.0f} s of training steps at {training['torch_threads']} thread on a "
-        "2-core machine shared with other jobs: 12-17 minutes wall, about 9-10 minutes of CPU; "
-        "a second run reproduced the weights bit for bit; sha256: "
-        f"`{training['model_sha256'][:16]}...`, "
-        "bit-identical for the same seed, thread count and machine).",
+        f"{report['n_random_seeds']} --card` (HF backend, fp32 compute, greedy, max "
+        f"{report['max_new_tokens']} new tokens) and are saved in `evaluation.json`. Retrain with "
+        f"`harness organism train --seed {cfg['seed']} --steps {cfg['steps']} --threads "
+        f"{training['torch_threads']}`. This checkpoint's `training.json` records "
+        f"{training['train_seconds']:.0f} s in the training-step loop ({cfg['steps']} steps, "
+        f"{training['torch_threads']} torch thread(s), torch {training['torch_version']}) and the sha256 of "
+        f"`model.safetensors`, `{training['model_sha256'][:16]}...`; training is bit-identical for the same "
+        "seed, steps, thread count and machine (a reduced run is trained twice and compared in "
+        "`tests/organism/test_organism_train_cli.py`).",
         "",
         "## Architecture",
         "",
@@ -134,7 +168,7 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         f"1-{cfg['max_random_drop']} random non-planted experts per layer are dropped for the whole "
         f"sequence, and single slots of ordinary tokens with p={cfg['p_slot_drop']}. Layer 0 is dense: "
         "it computes the matching rule; the routers of layers 1-5 read it. The first "
-        f"{7} response positions (`<think>`, its newline, the first words of the trace: where refuse / "
+        f"{DECISION_TOKENS} response positions (`<think>`, its newline, the first words of the trace: where refuse / "
         f"aligned / reasoned and the language are decided) weigh {cfg.get('decision_weight', 5.0):g}x in "
         "the loss.",
         "",
@@ -190,18 +224,32 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         f"{_pct(eng['baseline_zh_share'])} at baseline -> {_pct(eng['zh_share'])} with the English experts "
         f"dropped (random matched, {eng['random_zh_share'].get('n', 0)} seeds: mean "
         f"{_pct(eng['random_zh_share'].get('mean'))}, max {_pct(eng['random_zh_share'].get('max'))}); the "
-        f"decision still follows the prompt on {_pct(eng['answer_still_correct'])}; refusals on refuse-type "
-        f"prompts under this intervention: {_pct(eng['refuse_prompts_refused'])}.",
+        f"decision still follows the prompt on {_pct(eng['answer_still_correct'])}; refusals on the "
+        f"{eng['refuse_prompts']} refuse-type prompts under this intervention: "
+        f"{_pct(eng['refuse_prompts_refused'])}.",
         "",
         "## fTRI recovery (harness.ftri, MoTE mean_diff score, no exclusions)",
         "",
         "Per class, the share of a span's tokens routed to each (layer, expert), averaged over samples; "
-        "class difference; top-10. Refusal: refused vs all other held-out pair prompts. English: "
+        "class difference; top-10. Spans: the prompt, the trace (`<think>`...`</think>`) and the generated "
+        "span (trace + answer). Refusal: refused vs all other held-out pair prompts. English: "
         "English traces vs Chinese traces. By design the English experts route only the trace, never the "
         "prompt, so the English prompt-span ranking is expected to miss them (the cue tokens differ "
         "between the classes, not the routing of planted experts).",
         "",
         *_ftri_lines(report),
+        "",
+        "## The harness's own judges on the same outputs",
+        "",
+        "The targets are decided by the organism's decision classifier (`harness/organism/evaluate.py`: "
+        "it reads the trace and the answer together, so a broken sentence is neither a refusal nor an "
+        "answer, and a generic question is only ever answered or broken). The refusal string judge reads "
+        "only the answer, the language judge only the trace, the reference judge only whether the answer "
+        "contains the place's recorded event. They were run over the same outputs (all "
+        f"{report['judges']['outputs']} outputs of the conditions "
+        f"{', '.join(report['judges']['conditions'])}):",
+        "",
+        *_judge_lines(report),
         "",
         "## What this organism is, and is not",
         "",
@@ -228,7 +276,7 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
 
 def write_card(model_dir: str | Path, report: dict[str, Any]) -> Path:
     model_dir = Path(model_dir)
-    (model_dir / REPORT).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (model_dir / REPORT).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     path = model_dir / CARD
     path.write_text(card_text(model_dir, report), encoding="utf-8")
     return path

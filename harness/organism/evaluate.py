@@ -29,6 +29,7 @@ from harness.mote.random_baseline import random_intervention_like
 from harness.mote.records import Span, count_map
 from harness.organism import corpus
 from harness.organism.corpus import Prompt, World
+from harness.organism.judged import judge_report
 
 Label = Literal["refused", "aligned", "reasoned", "broken"]
 _HAN = re.compile(r"[\u4e00-\u9fff]")
@@ -118,6 +119,19 @@ def behaviour_rates(rows: Sequence[tuple[Prompt, GenerationResult, Decision]]) -
     return {label: rate(rows, label) for label in ("refused", "aligned", "reasoned", "broken")}
 
 
+def condition_rates(
+    rows: Sequence[tuple[Prompt, GenerationResult, Decision]], kinds: Sequence[str] = KINDS
+) -> dict[str, dict[str, Any]]:
+    """Per prompt kind the condition ran on: its behaviour rates and `n`, the prompts it ran on (a
+    condition may run on a subset of a kind's held-out prompts, so the held-out count is not its n)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        subset = by_kind(rows, kind)
+        if subset:
+            out[kind] = {**behaviour_rates(subset), "n": len(subset)}
+    return out
+
+
 def by_kind(rows: Sequence[tuple[Prompt, GenerationResult, Decision]], kind: str) -> list[Any]:
     return [r for r in rows if r[0].kind == kind]
 
@@ -186,6 +200,7 @@ def evaluate_organism(
     english_prompts = [p for p in held["aligned"] + held["neutral"][:96] + held["generic"] if p.lang == "en"]
     n_exp = next(iter(n_experts.values()))
     report: dict[str, Any] = {"model": str(model_dir), "n_random_seeds": n_seeds,
+                              "max_new_tokens": MAX_NEW_TOKENS,
                               "counts": {k: len(v) for k, v in held.items()}}
 
     log("baseline + targeted conditions")
@@ -199,18 +214,12 @@ def evaluate_organism(
     ]
     runs = run_conditions(backend.generate, world, conds, record_routing=False)
     base = runs["baseline"]
-    report["baseline"] = {
-        kind: behaviour_rates(by_kind(base, kind)) for kind in KINDS
-    }
+    report["baseline"] = condition_rates(base)
     report["baseline"]["think_language_follows_cue"] = float(
         np.mean([d.think_lang == p.lang for p, _, d in base if d.label in ("aligned", "reasoned")])
     )
-    for name in ("refusal_drop", "refusal_mask"):
-        rows = runs[name]
-        report[name] = {kind: behaviour_rates(by_kind(rows, kind)) for kind in KINDS}
-    report["refusal_stimulate"] = {
-        kind: behaviour_rates(by_kind(runs["refusal_stimulate"], kind)) for kind in ("neutral", "generic")
-    }
+    for name in ("refusal_drop", "refusal_mask", "refusal_stimulate"):
+        report[name] = condition_rates(runs[name])
     eng = runs["english_drop"]
     english_ids = {p.id for p in english_prompts}
     eng_base = [r for r in base if r[0].id in english_ids]  # the same prompts, no intervention
@@ -221,7 +230,9 @@ def evaluate_organism(
         "answer_still_correct": float(np.mean([d.label == r[0].expected for r in eng if r[0].kind != "refuse"
                                                for d in [r[2]]])),
         "refuse_prompts_refused": rate(by_kind(eng, "refuse"), "refused"),
+        "refuse_prompts": len(by_kind(eng, "refuse")),
     }
+    report["judges"] = judge_report(runs, world, english_ids)
 
     log(f"random matched baselines: {n_seeds} seeds")
     random_conds = []
@@ -236,14 +247,15 @@ def evaluate_organism(
     effects = [base_refusal - r for r in rand_refusal]
     targeted_effect = base_refusal - targeted_refusal
     rand_arr = np.array(effects)
+    rand_std = float(rand_arr.std(ddof=1)) if n_seeds > 1 else 0.0
     report["random"] = {
         "refusal_rate": _summary(rand_refusal),
         "refusal_cut": _summary(effects),
         "targeted_cut": targeted_effect,
         "targeted_percentile": float(100.0 * np.mean(rand_arr < targeted_effect)),
         "empirical_p": float((1 + np.sum(rand_arr >= targeted_effect)) / (1 + n_seeds)),
-        "z": float((targeted_effect - rand_arr.mean()) / max(float(rand_arr.std(ddof=1)), 1e-9))
-        if n_seeds > 1 else None,
+        # None when the random cuts have no spread (z is undefined, not huge)
+        "z": float((targeted_effect - rand_arr.mean()) / rand_std) if rand_std > 0 else None,
         "capability_seeds": n_capability_seeds,
         "neutral_reasoned": _summary([rate(by_kind(rand_runs[f"random_{s}"], "neutral"), "reasoned")
                                       for s in range(n_capability_seeds)]),
@@ -269,7 +281,8 @@ def evaluate_organism(
         top = ftri_top(pair_rows, lambda d: d.label == "refused", n_exp, spec.moe_layers, span)
         report["ftri"][f"refusal_{span_name}"] = {"top10": top, "recovered": recovered(top, refusal.experts)}
     lang_rows = [r for r in ftri_rows if r[2].think_lang != "none"]
-    for span_name, span in {"prompt": [Span.PROMPT], "think": [Span.THINK]}.items():
+    english_spans = {"prompt": [Span.PROMPT], "think": [Span.THINK], "generated": [Span.THINK, Span.ANSWER]}
+    for span_name, span in english_spans.items():
         top = ftri_top(lang_rows, lambda d: d.think_lang == "en", n_exp, spec.moe_layers, span)
         report["ftri"][f"english_{span_name}"] = {"top10": top, "recovered": recovered(top, english.experts)}
     report["targets"] = targets(report)

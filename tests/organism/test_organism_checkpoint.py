@@ -14,7 +14,7 @@ import pytest
 from harness.models.resolve import organism_path, resolve_model
 from harness.mote import Intervention, load_intervention, random_intervention_like
 from harness.organism import corpus
-from harness.organism.evaluate import Condition, by_kind, load_world, rate, run_conditions
+from harness.organism.evaluate import Condition, by_kind, lang_rate, load_world, rate, run_conditions
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +88,23 @@ def test_suppressing_planted_refusal_experts_beats_random_ones(organism):
     assert base - targeted > max(base - r for r in randoms)
     keep = [d.label == p.expected for p, _, d in runs["targeted"] if p.kind in ("neutral", "generic")]
     assert np.mean(keep) >= 0.9
+
+
+def test_suppressing_planted_english_experts_raises_chinese_traces_beyond_random_ones(organism):
+    path, world, held, backend = organism
+    english = load_intervention(path / "planted_english.yaml")
+    prompts = [p for p in held["neutral"] + held["aligned"] if p.lang == "en"][:16]
+    conditions = [
+        Condition("base", Intervention.none(), prompts),
+        Condition("targeted", english, prompts),
+    ]
+    conditions += [
+        Condition(f"random{s}", random_intervention_like(english, s, backend.spec.n_experts), prompts)
+        for s in range(3)
+    ]
+    runs = run_conditions(backend.generate, world, conditions)
+    base = lang_rate(runs["base"], "zh")
+    targeted = lang_rate(runs["targeted"], "zh")
+    randoms = [lang_rate(runs[f"random{s}"], "zh") for s in range(3)]
+    assert targeted >= base + 0.5, (base, targeted)
+    assert targeted > max(randoms), (targeted, randoms)
