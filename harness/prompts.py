@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from harness.backends.base import GenerationRequest
@@ -11,6 +12,7 @@ from harness.jsonl import objects_with_ids
 from harness.mote.intervention import Intervention
 
 _ROLES = {"system", "user", "assistant"}
+_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f]")
 
 
 def read_prompts(path: str | Path, intervention: Intervention | None = None) -> list[GenerationRequest]:
@@ -23,6 +25,14 @@ def read_prompts(path: str | Path, intervention: Intervention | None = None) -> 
     intervention = intervention or Intervention.none()
     requests: list[GenerationRequest] = []
     for where, rid, obj in objects_with_ids(path, lines):
+        if _UNSAFE_ID.search(rid) or rid in (".", ".."):
+            raise InputError(
+                path,
+                f"{where}: id",
+                "an id usable as a file name, routing/<id>.npz (no '/', '\\' or control characters; "
+                "not '.' or '..')",
+                rid,
+            )
         has_prompt, has_messages = "prompt" in obj, "messages" in obj
         if has_prompt == has_messages:
             raise InputError(path, where, "exactly one of 'prompt' or 'messages'")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.errors import UnsupportedModelError
+from harness.errors import InputError, UnsupportedModelError
 from harness.mote.spec import ModelSpec
 
 
@@ -65,7 +65,7 @@ FAMILIES: dict[str, FamilyAdapter] = {
         "mlp",
         "router",
         "topk over biased logits -> softmax over the k selected",
-        "router has a bias; use_kernels=True would replace the block wholesale and is refused",
+        "router has a bias; HFBackend loads without use_kernels, which would replace the block wholesale",
     ),
     "granitemoe": FamilyAdapter("block_sparse_moe", "router", "topk over logits -> softmax over the k selected"),
     "granitemoeshared": FamilyAdapter(
@@ -153,7 +153,19 @@ def spec_from_model(model: nn.Module) -> ModelSpec:
         moe_layers=tuple(b.layer for b in blocks),
         n_experts={b.layer: b.n_experts for b in blocks},
         top_k=top_k_of(model),
+        groups=expert_groups(config),
     )
+
+
+def expert_groups(config: Any) -> tuple[int, int] | None:
+    """(n_group, topk_group) of a grouped top-k router, None where routing is not grouped (DeepSeek-V2
+    groups only with topk_method group_limited_greedy; V3 and GLM-4 MoE always)."""
+    if getattr(config, "topk_method", None) == "greedy":
+        return None
+    n_group, topk_group = getattr(config, "n_group", None), getattr(config, "topk_group", None)
+    if isinstance(n_group, int) and isinstance(topk_group, int) and n_group > 1 and topk_group < n_group:
+        return n_group, topk_group
+    return None
 
 
 def inspect_model(path: str | Path) -> ModelSpec:
@@ -161,7 +173,10 @@ def inspect_model(path: str | Path) -> ModelSpec:
     device: no weights are read), so inputs can be checked before the model loads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:  # unreadable / malformed config.json, unknown model_type
+        raise InputError(Path(path) / "config.json", "<file>", "a transformers model config", str(err)[:300]) from None
     adapter_for(config.model_type)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)

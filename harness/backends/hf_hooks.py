@@ -55,6 +55,7 @@ class SelectionEditMode(TorchFunctionMode):
         self.n_tokens = n_tokens
         self.n_experts = n_experts
         self.funcs = {f: op for op in ops for f in _SELECTION_FUNCS[op]}
+        self.edited = 0  # selection calls over [tokens, n_experts] that got the edit
 
     def __torch_function__(
         self,
@@ -74,6 +75,7 @@ class SelectionEditMode(TorchFunctionMode):
         if scores.dim() == 2 and scores.shape[1] == self.n_experts:
             edited = edit_selection_scores(scores, self.block, self.force)
             _, indices = func(edited, *args[1:], **kwargs)
+            self.edited += 1
             original = scores.gather(-1, indices)
             return _same_return_type(op, original, indices)
         if scores.dim() == 3 and scores.shape[1] * scores.shape[2] == self.n_experts:
@@ -165,7 +167,15 @@ class RoutingController:
             force_t = None if tables.force is None else expand_rows(tables.force, n_tokens)
             mode = SelectionEditMode(block_t, force_t, n_tokens, block.n_experts, controller.selection_ops)
             with mode:
-                return router_forward(hidden_states, *args, **kwargs)
+                out = router_forward(hidden_states, *args, **kwargs)
+            if not mode.edited:  # the router selected some other way: the edit would be a silent no-op
+                raise RuntimeError(
+                    f"layer {block.layer}: {type(block.router).__name__}.forward made no "
+                    f"{'/'.join(controller.selection_ops)} call over [{n_tokens} tokens, {block.n_experts} experts] "
+                    "scores, so the mask / stimulate edit did not apply; this transformers version routes "
+                    "differently from the one the adapters were written for"
+                )
+            return out
 
         block.router.forward = routed_forward
         names = _experts_arg_names(block.experts)

@@ -21,6 +21,7 @@ from harness.models.resolve import resolve_model
 from harness.mote.intervention import Intervention, load_intervention
 from harness.mote.records import SCHEMA_VERSION
 from harness.prompts import read_prompts
+from harness.store import drop_partial_line, read_records
 
 BACKENDS = ("hf", "vllm")
 
@@ -133,6 +134,7 @@ def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool) -> set[st
                 "or --overwrite, or another --out",
                 "a folder from a different run",
             )
-        return {json.loads(line)["id"] for line in generations.read_text().splitlines() if line.strip()}
+        drop_partial_line(generations)  # a line cut short by a kill is generated again
+        return {record["id"] for record in read_records(generations)}
     manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return set()

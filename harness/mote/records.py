@@ -7,6 +7,7 @@ routed). `counts()` aggregates into the [moe_layers, n_experts] map per span tha
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -53,16 +54,20 @@ class RoutingRecord:
         return {s.name.lower(): self.counts(n_experts, s) for s in Span}
 
     def save(self, path: str | Path) -> Path:
+        """Written whole via a rename: a kill leaves the previous file or this one, never a torn one."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path,
-            topk_ids=self.topk_ids.astype(np.int32),
-            topk_weights=self.topk_weights.astype(np.float32),
-            layers=self.layers.astype(np.int32),
-            span=self.span.astype(np.int8),
-            schema_version=np.int32(SCHEMA_VERSION),
-        )
+        tmp = path.with_name(f".{path.name}.part")
+        with tmp.open("wb") as sink:
+            np.savez_compressed(
+                sink,
+                topk_ids=self.topk_ids.astype(np.int32),
+                topk_weights=self.topk_weights.astype(np.float32),
+                layers=self.layers.astype(np.int32),
+                span=self.span.astype(np.int8),
+                schema_version=np.int32(SCHEMA_VERSION),
+            )
+        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -20,6 +20,9 @@ class ModelSpec:
     moe_layers: tuple[int, ...]  # absolute indices of the layers with routed experts
     n_experts: dict[int, int]  # routed experts per MoE layer
     top_k: int
+    # grouped top-k (DeepSeek-V2/V3, GLM-4 MoE): (n_group, topk_group); tokens pick experts only from
+    # their topk_group best groups, so at most topk_group groups can hold forced experts
+    groups: tuple[int, int] | None = None
 
     def check(self, intervention: Intervention, source: str | Path = "<intervention>") -> None:
         """Raise InputError if the intervention does not fit this model."""
@@ -39,3 +42,25 @@ class ModelSpec:
                 raise InputError(
                     source, field, f"at most top_k={self.top_k} experts to force in one layer", len(experts)
                 )
+            if intervention.kind == "suppress" and intervention.mode == "mask":
+                room = self.n_experts[layer] - self.top_k
+                if len(experts) > room:
+                    raise InputError(
+                        source,
+                        field,
+                        f"at most n_experts - top_k = {room} masked experts in one layer (else top-k must "
+                        "pick a masked one)",
+                        len(experts),
+                    )
+            if intervention.kind == "stimulate" and self.groups is not None:
+                n_group, topk_group = self.groups
+                size = self.n_experts[layer] // n_group
+                chosen = sorted({e // size for e in experts})
+                if len(chosen) > topk_group:
+                    raise InputError(
+                        source,
+                        field,
+                        f"forced experts in at most topk_group={topk_group} of the {n_group} expert groups "
+                        f"({size} experts each; a token routes within its best {topk_group} groups only)",
+                        chosen,
+                    )

@@ -91,6 +91,54 @@ def test_drop_mode_keeps_each_tokens_weight_sum(backends, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_the_experts_module_receives_zero_weight_for_dropped_experts(backends, family):
+    """Checked on what the fused experts module is called with (a hook of our own, after the
+    controller's), not on the routing record the controller writes."""
+    from harness.backends.hf_hooks import _experts_arg_names
+
+    backend = backends(family)
+    iv = _interventions(backend)["drop"]
+    seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    handles = []
+    for block in backend.controller.blocks:
+        names = _experts_arg_names(block.experts)
+
+        def capture(module, args, kwargs, layer=block.layer, names=names):
+            values = list(args) + [kwargs[n] for n in names[len(args) :]]
+            seen.setdefault(layer, []).append((values[1].clone(), values[2].clone()))
+
+        handles.append(block.experts.register_forward_pre_hook(capture, with_kwargs=True))
+    try:
+        _run(backend, [iv])
+    finally:
+        for handle in handles:
+            handle.remove()
+    hits = 0
+    for layer, experts in iv.experts.to_mapping().items():
+        ids = torch.cat([i for i, _ in seen[layer]])
+        weights = torch.cat([w for _, w in seen[layer]])
+        hit = torch.isin(ids, torch.tensor(experts))
+        assert (weights[hit] == 0).all(), f"layer {layer}: a dropped expert still gets weight"
+        assert (weights[~hit] != 0).any()
+        hits += int(hit.sum())
+    assert hits > 0, "no token was routed to a suppressed expert: nothing was dropped"
+
+
+def test_a_router_that_selects_some_other_way_is_an_error_not_a_silent_no_op(backends):
+    backend = backends("qwen3_moe")  # selects with topk: watching `max` only sees no selection
+    saved = backend.controller.selection_ops
+    backend.controller.selection_ops = ("max",)
+    try:
+        with pytest.raises(RuntimeError, match="did not apply"):
+            _run(backend, [_interventions(backend)["mask"]])
+    finally:
+        backend.controller.selection_ops = saved
+        backend.controller.reset()
+    (result,) = _run(backend, [_interventions(backend)["mask"]])  # the backend is still usable
+    assert result.routing is not None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_intervention_changes_the_output(backends, family):
     backend = backends(family)
     requests = [GenerationRequest(id="0", prompt=PROMPT)] + [
