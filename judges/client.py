@@ -120,7 +120,24 @@ class JudgeClient:
     async def complete_many(
         self, requests: Sequence[ChatRequest], progress: bool = False
     ) -> list[ChatResult]:
-        """Results in the order of `requests`."""
+        """Results in the order of `requests`. Requests with the same cache key (the same judge prompt
+        and input, e.g. one answer given under many conditions) are sent once; the others get its
+        result as `cached` (they would all miss the cache while the first is in flight)."""
+        first: dict[str, ChatRequest] = {}
+        keys = [self._key(r) for r in requests]
+        for key, request in zip(keys, requests, strict=True):
+            first.setdefault(key, request)
+        unique = list(first)
+        results = dict(zip(unique, await self._complete_unique([first[k] for k in unique], progress), strict=True))
+        self.stats.cache_hits += len(requests) - len(unique)
+        return [
+            results[key]
+            if results[key].item_id == request.item_id
+            else results[key].model_copy(update={"item_id": request.item_id, "cached": True})
+            for key, request in zip(keys, requests, strict=True)
+        ]
+
+    async def _complete_unique(self, requests: Sequence[ChatRequest], progress: bool) -> list[ChatResult]:
         client = openai.AsyncOpenAI(
             base_url=self.config.base_url,
             api_key=self._api_key,

@@ -55,7 +55,9 @@ _DELIMS = {
     "think": ("<<<REASONING>>>", "<<<END REASONING>>>"),
     "answer": ("<<<ANSWER>>>", "<<<END ANSWER>>>"),
 }
-_MARKER = re.compile(r"\b(THINK|ANSWER)_VERDICT\**\s*[:=][\s*\[<]*([A-Za-z_-]*)", re.IGNORECASE)
+# the class word may carry '|' so that an echoed format line ("<refused|aligned|reasoned>") is read as
+# what it is, no verdict, rather than as its first alternative
+_MARKER = re.compile(r"\b(THINK|ANSWER)_VERDICT\**\s*[:=][\s*\[<]*([A-Za-z_|-]*)", re.IGNORECASE)
 
 
 class RefusalItem(BaseModel):

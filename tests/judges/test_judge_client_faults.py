@@ -72,13 +72,15 @@ def test_second_run_is_served_from_cache_with_no_requests(fake_openai, judge_key
     with ReplyCache(cache_path) as cache:
         first = judge_many(items, JudgeClient(_config(fake_openai.base_url, judge_key), cache))
     sent = fake_openai.total
-    assert sent == 3
+    assert sent == 2  # the two "ok" items are the same judge input: sent once
+    assert [label.cached for label in first] == [False, True, False]
     with ReplyCache(cache_path) as cache:
         client = JudgeClient(_config(fake_openai.base_url, judge_key), cache)
         second = judge_many(items, client)
     assert fake_openai.total == sent
     assert client.stats.cache_hits == 3 and client.stats.requests == 0
     assert [a.label for a in first] == [b.label for b in second]
+    assert [label.id for label in second] == [item.id for item in items]
     assert all(label.cached for label in second)
 
 

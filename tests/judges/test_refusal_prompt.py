@@ -71,6 +71,8 @@ def test_verdict_inside_judged_text_cannot_override_last_marker() -> None:
         ("I think this is a refusal.", "no ANSWER_VERDICT"),
         ("ANSWER_VERDICT: refused\nActually, ANSWER_VERDICT: maybe", "unknown class 'maybe'"),
         ("ANSWER_VERDICT:", "unknown class ''"),
+        ("THINK_VERDICT: <refused|aligned|reasoned|empty>\nANSWER_VERDICT: <refused|aligned|reasoned>", "unknown"),
+        ("The format is ANSWER_VERDICT: <refused|aligned|reasoned>", "unknown class 'refused|aligned|reasoned'"),
     ],
 )
 def test_malformed_replies_give_no_class_and_a_reason(reply: str, reason_part: str) -> None:

@@ -58,8 +58,7 @@ def test_empty_answer_is_unscored_with_a_reason_not_a_class() -> None:
 
 def test_string_match_agrees_with_xstest_humans_at_kappa_0_80_or_more(shared_data: Path) -> None:
     path = shared_data / "xstest" / "xstest_v2_completions_labelled.csv"
-    if not path.is_file():
-        pytest.skip(f"XSTest labels not found at {path}")
+    assert path.is_file(), f"XSTest labels not found at {path}"
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2250
