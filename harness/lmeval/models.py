@@ -12,6 +12,7 @@ stop strings cut the answer only, so language metrics can read the trace.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,18 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from harness.backends.base import GenerationRequest, GenerationSettings
 from harness.mote.intervention import Intervention, load_intervention
+
+
+def _device(requested: str | None) -> str:
+    """lm-eval's command line asks for cuda:0 unless told otherwise; without CUDA, run on the CPU (and
+    say so) rather than fail on a device the user never named."""
+    import torch
+
+    device = requested or "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("mote-hf: no CUDA for device %r: using the CPU", device)
+        return "cpu"
+    return device
 
 
 def _intervention(path: str | None) -> Intervention:
@@ -148,8 +161,8 @@ class MoteHFLM(_MoteLM):
         max_gen_toks: int = 256,
         max_length: int | None = None,
         seed: int = 0,
-        device: str = "cpu",
-        **_: Any,
+        device: str | None = "cpu",
+        max_batch_size: int | None = None,  # lm-eval passes it; the batch size is fixed
     ) -> None:
         super().__init__()
         from harness.backends.hf import HFBackend
@@ -158,7 +171,7 @@ class MoteHFLM(_MoteLM):
         self.intervention = _intervention(intervention)
         size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.backend_impl = HFBackend(
-            resolve_model(pretrained, "model_args.pretrained"), dtype=dtype, batch_size=size, device=device
+            resolve_model(pretrained, "model_args.pretrained"), dtype=dtype, batch_size=size, device=_device(device)
         )
         self.backend_impl.spec.check(self.intervention, intervention or "model_args.intervention")
         self.tokenizer = self.backend_impl.tokenizer
@@ -195,7 +208,8 @@ class MoteVLLM(_MoteLM):
         from harness.models.resolve import resolve_model
 
         self.intervention = _intervention(intervention)
-        engine_args.pop("batch_size", None)  # the engine schedules the whole list itself
+        for name in ("batch_size", "max_batch_size", "device"):  # lm-eval's; the engine schedules the list itself
+            engine_args.pop(name, None)
         self.backend_impl = VLLMBackend(
             resolve_model(pretrained, "model_args.pretrained"),
             dtype=dtype,

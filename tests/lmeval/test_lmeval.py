@@ -154,3 +154,33 @@ def test_mote_vllm_scores_and_generates_as_mote_hf_under_an_intervention(model_d
     h, v = _samples(hf, "mote_reasoning_language"), _samples(vllm, "mote_reasoning_language")
     same = sum(h[d]["filtered_resps"][0] == v[d]["filtered_resps"][0] for d in h)
     assert same >= 5, [(h[d]["filtered_resps"][0], v[d]["filtered_resps"][0]) for d in h]
+
+
+def test_a_misspelt_model_arg_fails_instead_of_running_without_the_intervention(model_dir, suppression):
+    from lm_eval.api.registry import get_model
+
+    import harness.lmeval  # noqa: F401  (registers mote-hf)
+
+    model = get_model("mote-hf")
+    with pytest.raises(TypeError, match="interventon"):
+        model.create_from_arg_string(f"pretrained={model_dir},interventon={suppression}", {"batch_size": 4})
+
+
+def test_the_installed_mote_lm_eval_command_runs_a_task_under_an_intervention(model_dir, suppression, tmp_path):
+    """lm-eval's own command line (its defaults: device cuda:0, batch size 1), as a user types it."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    command = shutil.which("mote-lm-eval", path=str(Path(sys.executable).parent))
+    assert command is not None, "console script mote-lm-eval is not installed"
+    args = [command, "run", "--model", "mote-hf", "--model_args", f"pretrained={model_dir},intervention={suppression}"]
+    args += ["--include_path", str(TASKS), "--tasks", "mote_sensitive_ll", "--limit", "2"]
+    done = subprocess.run(
+        [*args, "--output_path", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in tmp_path.rglob("results_*.json")]
+    assert results and "mote_sensitive_ll" in results[0]["results"]
+    assert str(suppression) in json.dumps(results[0]["config"]["model_args"])
