@@ -22,7 +22,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import InputError
 from harness.summary import MetricRow, read_summary
@@ -61,7 +61,7 @@ class Rule(BaseModel):
 class Rules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rules: list[Rule]
+    rules: list[Rule] = Field(min_length=1)  # an empty gate would pass every run
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.store import SCHEMA_VERSION
 from harness.suite import Suite, TaskSpec
 from harness.taskdata import TaskPrompt
 
 Item = tuple[str, str, TaskPrompt, dict[str, Any], str]  # task, condition, prompt, sample, judge
+
+
+def cross_check_judge(task: TaskSpec) -> str | None:
+    """The offline judge run beside a task's LLM refusal judge, so that every run reports their
+    agreement (free: the string match needs no endpoint)."""
+    return "refusal-string" if task.type == "refusal" and task.judge_name == "refusal-llm" else None
 
 
 class JudgeSet:
@@ -26,6 +33,9 @@ class JudgeSet:
         if task.type == "mt_bench":
             return ["mt-bench"]
         names: list[str] = [task.judge_name]
+        cross = cross_check_judge(task)
+        if cross is not None:
+            names.append(cross)
         if task.type == "refusal" and prompt.reference:
             names.append("reference")
         return names
@@ -115,6 +125,7 @@ def _offline(judge: str, prompt: TaskPrompt, sample: dict[str, Any]) -> Any:
 def _record(item: Item, judgement: Any) -> dict[str, Any]:
     task, condition, prompt, _, judge = item
     return {
+        "schema_version": SCHEMA_VERSION,
         "task": task,
         "condition": condition,
         "id": prompt.id,

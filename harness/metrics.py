@@ -148,9 +148,10 @@ def _versus_baseline(
         if cond.random_group is not None:
             groups.setdefault(cond.random_group, []).append(cond)
     for group, members in groups.items():
-        values = [reductions[c.name].value for c in members if np.isfinite(reductions[c.name].value)]
-        rates = [r for r in (stats.rate(per_condition[c.name]).value for c in members) if np.isfinite(r)]
-        for metric, vals in (("relative_reduction", values), (f"{what}_rate", rates)):
+        seed_reductions = [reductions[c.name] for c in members]
+        seed_rates = [stats.rate(per_condition[c.name]) for c in members]
+        for metric, estimates in (("relative_reduction", seed_reductions), (f"{what}_rate", seed_rates)):
+            vals = [e.value for e in estimates if np.isfinite(e.value)]
             if vals:
                 low, high = np.percentile(vals, [2.5, 97.5])
                 rows.append(
@@ -162,6 +163,7 @@ def _versus_baseline(
                         ci_low=float(low),
                         ci_high=float(high),
                         n=len(vals),
+                        unscored=sum(e.unscored for e in estimates),  # samples, summed over the seeds
                         note=f"mean over {len(vals)} matched random seeds; interval = 2.5-97.5 percentile of seeds",
                     )
                 )
@@ -176,14 +178,24 @@ def _versus_baseline(
         except ValueError:
             continue
         n = vs.n_random
+        unscored = reductions[cond.name].unscored + sum(reductions[c.name].unscored for c in groups[group])
         rows += [
-            MetricRow(task=task, condition=cond.name, metric="z_vs_random", value=vs.z, n=n, note=f"vs {group}"),
+            MetricRow(
+                task=task,
+                condition=cond.name,
+                metric="z_vs_random",
+                value=vs.z,
+                n=n,
+                unscored=unscored,
+                note=f"vs {group}" if vs.z is not None else f"vs {group}: undefined, the random seeds have no spread",
+            ),
             MetricRow(
                 task=task,
                 condition=cond.name,
                 metric="percentile_vs_random",
                 value=vs.percentile,
                 n=n,
+                unscored=unscored,
                 note=f"vs {group}",
             ),
             MetricRow(
@@ -192,6 +204,7 @@ def _versus_baseline(
                 metric="empirical_p",
                 value=vs.empirical_p,
                 n=n,
+                unscored=unscored,
                 note=f"(1 + #random >= targeted) / (1 + n), vs {group}",
             ),
         ]
@@ -297,6 +310,40 @@ def unscored_rows(
                 value=missing / n if n else None,
                 n=n,
                 unscored=missing,
+            )
+        )
+    return rows
+
+
+def agreement_rows(
+    task: str,
+    judge: str,
+    cross_check: str,
+    prompts: Sequence[TaskPrompt],
+    conditions: Sequence[Condition],
+    labels: Labels,
+) -> list[MetricRow]:
+    """judge_agreement_kappa: Cohen's kappa of the task's judge and a cross-check judge on refused vs
+    not, per condition, over the samples both scored (unscored = the ones either could not)."""
+    from judges.agreement import binary_refusal, cohen_kappa
+
+    rows = []
+    for cond in conditions:
+        ours = {p.id: labels[key] for p in prompts if (key := (task, cond.name, p.id, judge)) in labels}
+        theirs = {p.id: labels[key] for p in prompts if (key := (task, cond.name, p.id, cross_check)) in labels}
+        try:
+            agreement = cohen_kappa(ours, theirs, collapse=binary_refusal)
+        except ValueError:  # no sample scored by both
+            continue
+        rows.append(
+            MetricRow(
+                task=task,
+                condition=cond.name,
+                metric="judge_agreement_kappa",
+                value=agreement.kappa,
+                n=agreement.n,
+                unscored=agreement.excluded_unscored,
+                note=f"{judge} vs {cross_check}, refused vs not (accuracy {agreement.accuracy:.3f})",
             )
         )
     return rows

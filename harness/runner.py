@@ -21,14 +21,23 @@ from tqdm import tqdm
 from harness import ftri, ftri_io
 from harness.backends.base import Backend, GenerationRequest, GenerationResult, GenerationSettings
 from harness.errors import InputError
-from harness.metrics import Condition, language_rows, mt_bench_rows, qa_rows, refusal_rows, unscored_rows
+from harness.judging import JudgeSet, cross_check_judge
+from harness.metrics import (
+    Condition,
+    agreement_rows,
+    language_rows,
+    mt_bench_rows,
+    qa_rows,
+    refusal_rows,
+    unscored_rows,
+)
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, Mode, load_intervention
 from harness.mote.random_baseline import random_intervention_like
 from harness.mote.records import Span
 from harness.mote.spec import ModelSpec
 from harness.store import RunStore, label_key, provenance, sample_key
-from harness.suite import Suite
+from harness.suite import StimulateSpec, Suite
 from harness.summary import MetricRow, write_summary
 from harness.taskdata import TaskPrompt, load_task_prompts
 
@@ -97,6 +106,15 @@ class Runner:
                 raise InputError(self.suite_path, f"tasks.{task.name}", f"prompts in the {split!r} split")
         if ftri_spec is not None and not any(p.in_split(ftri_spec.split) for p in self.prompts[ftri_spec.task]):
             raise InputError(self.suite_path, "ftri.split", f"prompts of task {ftri_spec.task!r} in that split")
+        if ftri_spec is not None and split != "all" and not self.suite.evaluation.allow_discovery_overlap:
+            unsplit = [p.id for p in self.prompts[ftri_spec.task] if p.split is None]
+            if unsplit:  # a prompt without a split is in every split: discovered on and evaluated
+                raise InputError(
+                    self.suite_path,
+                    f"tasks.{ftri_spec.task}",
+                    "a split (discovery / evaluation) on every prompt of the fTRI task, or "
+                    f"evaluation.allow_discovery_overlap: true; {len(unsplit)} have none, e.g. {unsplit[:3]}",
+                )
 
     @property
     def backend(self) -> Backend:
@@ -263,15 +281,11 @@ class Runner:
         """Per prompt of the discovery run: counts [moe_layers, n_experts] of the fTRI span, tokens."""
         spec = self.suite.ftri
         assert spec is not None
-        spans = ftri_io.SPAN_PARTS[spec.span]
-        out: dict[str, tuple[np.ndarray, int]] = {}
-        for chunk in sorted(self.store.routing_dir.glob("discovery-*.npz")):
-            with np.load(chunk) as data:
-                for i, pid in enumerate(data["ids"].tolist()):
-                    counts = sum(data[f"counts_{s.name.lower()}"][i] for s in spans)
-                    tokens = int(sum(data[f"tokens_{s.name.lower()}"][i] for s in spans))
-                    out[str(pid)] = (np.asarray(counts), tokens)
-        return out
+        names = [s.name.lower() for s in ftri_io.SPAN_PARTS[spec.span]]
+        return {
+            pid: (np.sum([row[f"counts_{n}"] for n in names], axis=0), int(sum(row[f"tokens_{n}"] for n in names)))
+            for pid, row in self.store.routing_rows().items()
+        }
 
     # -- conditions -----------------------------------------------------------------------------
     def _conditions(self, ranking: ftri.FtriResult | None, excluded: ExpertSet) -> list[Condition]:
@@ -300,7 +314,7 @@ class Runner:
                     iv = random_intervention_like(base, seed, self.spec.n_experts, exclude=excluded)
                     out.append(Condition(f"{prefix}:seed={seed}", "random", iv, mode=mode, seed=seed))
         if cfg.stimulate is not None:
-            experts = self._stimulate_experts(cfg.stimulate.experts, ranking, targeted)
+            experts = self._stimulate_experts(cfg.stimulate, ranking, targeted)
             out.append(Condition("stimulate", "stimulate", Intervention.stimulate(experts)))
         if cfg.k_sweep is not None:
             if ranking is None:
@@ -324,42 +338,53 @@ class Runner:
 
     def _stimulate_experts(
         self,
-        chosen: str | dict[int, list[int]],
+        spec: StimulateSpec,
         ranking: ftri.FtriResult | None,
         targeted: dict[str, Intervention],
     ) -> ExpertSet:
-        if isinstance(chosen, dict):
-            return ExpertSet.from_mapping(chosen)
+        if isinstance(spec.experts, dict):
+            return ExpertSet.from_mapping(spec.experts)
         if ranking is not None and self.suite.ftri is not None:
             ordered = [(r.layer, r.expert) for r in ranking.rows(self.suite.ftri.k)]
         elif targeted:
             ordered = list(next(iter(targeted.values())).experts)
         else:
             raise InputError(self.suite_path, "conditions.stimulate", "targeted experts (an ftri step or a file)")
+        limit = min(self.spec.top_k, spec.per_layer_max or self.spec.top_k)
         per_layer: dict[int, int] = {}
         kept = []
-        for layer, expert in ordered:  # at most top_k forced experts per layer, best-ranked first
-            if per_layer.get(layer, 0) < self.spec.top_k:
+        for layer, expert in ordered:  # at most `limit` forced experts per layer, best-ranked first
+            if per_layer.get(layer, 0) < limit:
                 kept.append((layer, expert))
                 per_layer[layer] = per_layer.get(layer, 0) + 1
         return ExpertSet(tuple(kept))
 
     def _record_conditions(self, conditions: Sequence[Condition]) -> None:
-        self.store.write_json(
-            "conditions.json",
-            [
-                {
-                    "name": c.name,
-                    "family": c.family,
-                    "mode": c.mode,
-                    "seed": c.seed,
-                    "k": c.k,
-                    "fingerprint": c.intervention.fingerprint(),
-                    "intervention": c.intervention.to_file_dict(),
-                }
-                for c in conditions
-            ],
-        )
+        """conditions.json (each condition's intervention in full) and, in run.json, the seeds and
+        the fingerprint of every condition's intervention (the identity of what was run)."""
+        records = [
+            {
+                "name": c.name,
+                "family": c.family,
+                "mode": c.mode,
+                "seed": c.seed,
+                "k": c.k,
+                "fingerprint": c.intervention.fingerprint(),
+                "intervention": c.intervention.to_file_dict(),
+            }
+            for c in conditions
+        ]
+        self.store.write_json("conditions.json", records)
+        run = self.store.read_json("run.json")
+        cfg = self.suite.conditions
+        run["seeds"] = {
+            "suite": self.suite.seed,  # bootstrap resamples, fTRI stability
+            "generation": self.suite.generation.seed,
+            "random_first_seed": cfg.random.first_seed if cfg.random else None,
+            "random_seeds": cfg.random.seeds if cfg.random else 0,
+        }
+        run["conditions"] = [{k: r[k] for k in ("name", "seed", "fingerprint")} for r in records]
+        self.store.write_json("run.json", run)
 
     # -- generation -----------------------------------------------------------------------------
     def _settings(self, record: bool) -> GenerationSettings:
@@ -394,23 +419,23 @@ class Runner:
                 bar.update(len(chunk))
 
     def _save_routing(self, chunk: Sequence[WorkItem], results: Sequence[GenerationResult]) -> None:
+        missing = [r.id for r in results if r.routing is None]
+        if missing:
+            raise RuntimeError(f"the {self.backend.name} backend returned no routing record for {missing[:5]}")
+        records = [r.routing for r in results if r.routing is not None]
         n_experts = max(self.spec.n_experts.values())
         arrays: dict[str, Any] = {"ids": np.array([w.prompt.id for w in chunk])}
         for span in Span:
             name = span.name.lower()
-            arrays[f"counts_{name}"] = np.stack([r.routing.counts(n_experts, span) for r in results if r.routing])
-            arrays[f"tokens_{name}"] = np.array([int((r.routing.span == span).sum()) for r in results if r.routing])
-        self.store.routing_dir.mkdir(parents=True, exist_ok=True)
-        index = len(list(self.store.routing_dir.glob("discovery-*.npz")))
-        np.savez_compressed(self.store.routing_dir / f"discovery-{index:05d}.npz", **arrays)
+            arrays[f"counts_{name}"] = np.stack([rec.counts(n_experts, span) for rec in records])
+            arrays[f"tokens_{name}"] = np.array([int((rec.span == span).sum()) for rec in records])
+        self.store.write_routing_chunk(arrays)
 
     # -- judging --------------------------------------------------------------------------------
     def _labels(self) -> dict[tuple[str, str, str, str], str]:
         return {label_key(r): r["label"] for r in self.store.records(self.store.labels_file)}
 
     def _judge(self, work: Sequence[WorkItem], what: str) -> None:
-        from harness.judging import JudgeSet
-
         samples = {sample_key(r): r for r in self.store.records(self.store.samples_file)}
         done = set(self._labels())
         judges = JudgeSet(self.suite, self.store.root / "judge-cache.sqlite")
@@ -475,6 +500,9 @@ class Runner:
             else:
                 rows += qa_rows(task.name, judge, prompts, conditions, labels)
             rows += unscored_rows(task.name, judge, prompts, conditions, labels)
+            cross = cross_check_judge(task)
+            if cross is not None:
+                rows += agreement_rows(task.name, judge, cross, prompts, conditions, labels)
         if self.suite.evaluation.allow_discovery_overlap:
             rows = [
                 r.model_copy(update={"note": ((r.note or "") + " [evaluated on discovery prompts]").strip()})

@@ -106,7 +106,7 @@ def _finite(x: float) -> float | None:
 
 @dataclass(frozen=True)
 class VersusRandom:
-    z: float  # (targeted - mean(random)) / sd(random)
+    z: float | None  # (targeted - mean(random)) / sd(random); None when the random values have no spread
     percentile: float  # share of random values strictly below targeted, in percent
     empirical_p: float  # (1 + #{random >= targeted}) / (1 + n)
     n_random: int
@@ -118,7 +118,9 @@ def versus_random(targeted: float, random_values: Sequence[float]) -> VersusRand
     """Place the targeted effect in the distribution of matched random effects (larger = stronger).
 
     With n random seeds the smallest possible p is 1/(n+1): 20 seeds cannot go below 0.048, which is
-    why the z-score and the percentile are reported too.
+    why the z-score and the percentile are reported too. The z-score is undefined (None) when the random
+    values have no spread (fewer than 2, or all equal): an infinite z would say nothing the percentile
+    does not, and is not valid JSON.
     """
     values = np.asarray([v for v in random_values if np.isfinite(v)], dtype=float)
     n = len(values)
@@ -126,10 +128,10 @@ def versus_random(targeted: float, random_values: Sequence[float]) -> VersusRand
         raise ValueError("no finite random effect to compare with")
     sd = float(values.std(ddof=1)) if n > 1 else 0.0
     mean = float(values.mean())
-    z = (targeted - mean) / sd if sd > 0 else (float("inf") if targeted > mean else 0.0)
+    z = (targeted - mean) / sd if sd > 0 else None
     percentile = float(sps.percentileofscore(values, targeted, kind="strict"))
     p = (1 + int(np.sum(values >= targeted))) / (1 + n)
-    return VersusRandom(float(z), percentile, float(p), n, mean, sd)
+    return VersusRandom(None if z is None else float(z), percentile, float(p), n, mean, sd)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -2,7 +2,8 @@
 
 samples.jsonl and labels.jsonl are append-only, flushed and fsync'ed per batch; a line cut short by a
 kill is dropped (and truncated away) on resume, so a sample is either fully there or regenerated,
-never duplicated. Everything else (run.json, summary.json, ...) is written whole via a rename.
+never duplicated. Everything else (run.json, summary.json, routing chunks, ...) is written whole via a
+rename, so a kill leaves the old file or the new one, never a torn one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SCHEMA_VERSION = 1
+ROUTING_CHUNKS = "discovery-*.npz"
+# Above this many bytes of weights the model is identified by its safetensors headers (tensor names,
+# dtypes, shapes, offsets) and file sizes instead of a full content hash (DeepSeek-R1: ~700 GB).
+FULL_HASH_MAX_BYTES = 2 << 30
 
 
 class RunStore:
@@ -40,6 +47,32 @@ class RunStore:
     def read_json(self, name: str) -> Any:
         return json.loads((self.root / name).read_text(encoding="utf-8"))
 
+    # -- routing count chunks (fTRI discovery) ---------------------------------------------------
+    def write_routing_chunk(self, arrays: dict[str, Any]) -> Path:
+        """The next routing/discovery-NNNNN.npz (ids, counts_<span>, tokens_<span>), written whole."""
+        self.routing_dir.mkdir(parents=True, exist_ok=True)
+        index = len(list(self.routing_dir.glob(ROUTING_CHUNKS)))
+        path = self.routing_dir / f"discovery-{index:05d}.npz"
+        tmp = self.routing_dir / f".{path.name}.part"  # outside the chunk pattern until renamed
+        with tmp.open("wb") as sink:
+            np.savez_compressed(sink, **arrays)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def routing_rows(self) -> dict[str, dict[str, np.ndarray]]:
+        """Prompt id -> its routing arrays (counts_<span> [moe_layers, n_experts], tokens_<span>), over
+        every chunk in write order. A prompt regenerated after a crash (its chunk was written, its
+        sample line was not) keeps the later routing: the one its stored sample came from."""
+        rows: dict[str, dict[str, np.ndarray]] = {}
+        for chunk in sorted(self.routing_dir.glob(ROUTING_CHUNKS)):
+            with np.load(chunk) as data:
+                arrays = {k: np.asarray(data[k]) for k in data.files if k != "ids"}
+                for i, pid in enumerate(data["ids"].tolist()):
+                    rows[str(pid)] = {k: v[i] for k, v in arrays.items()}
+        return rows
+
     # -- append-only records -------------------------------------------------------------------
     def append(self, path: Path, records: Iterable[dict[str, Any]]) -> None:
         lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
@@ -51,23 +84,33 @@ class RunStore:
             os.fsync(sink.fileno())
 
     def records(self, path: Path) -> Iterator[dict[str, Any]]:
-        if not path.exists():
-            return
-        with path.open(encoding="utf-8") as source:
-            for line in source:
-                if line.endswith("\n"):
-                    yield json.loads(line)
+        return read_records(path)
 
     def repair(self) -> None:
         """Drop a trailing line cut short by a crash, so new appends start on a clean line."""
         for path in (self.samples_file, self.labels_file):
-            if not path.exists():
-                continue
-            data = path.read_bytes()
-            cut = data.rfind(b"\n") + 1
-            if cut != len(data):
-                with path.open("r+b") as sink:
-                    sink.truncate(cut)
+            drop_partial_line(path)
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The complete lines of an append-only JSONL file (a last line without its newline was cut short)."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as source:
+        for line in source:
+            if line.endswith("\n"):
+                yield json.loads(line)
+
+
+def drop_partial_line(path: Path) -> None:
+    """Truncate a trailing line cut short by a kill, so the next append starts on a clean line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut != len(data):
+        with path.open("r+b") as sink:
+            sink.truncate(cut)
 
 
 def sample_key(record: dict[str, Any]) -> tuple[str, str, str]:
@@ -90,14 +133,38 @@ def provenance(model_path: Path) -> dict[str, Any]:
 
 
 def model_identity(model_path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
+    """The model folder's sha256: over the full content of its .json and .safetensors files, or, for
+    weights over FULL_HASH_MAX_BYTES, over the .json files, each safetensors header and file size (a
+    full hash of DeepSeek-R1 would read ~700 GB at every run start). `revision` is the hub commit when
+    the folder is a hub-cache snapshot (.../snapshots/<commit>)."""
     files = sorted(p for p in model_path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    weights = sum(p.stat().st_size for p in files if p.suffix == ".safetensors")
+    full = weights <= FULL_HASH_MAX_BYTES
+    digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
-        with path.open("rb") as source:
-            for block in iter(lambda: source.read(1 << 20), b""):
-                digest.update(block)
-    return {"path": str(model_path.resolve()), "sha256": digest.hexdigest(), "files": [p.name for p in files]}
+        if full or path.suffix == ".json":
+            with path.open("rb") as source:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            digest.update(_safetensors_header(path) + str(path.stat().st_size).encode())
+    resolved = model_path.resolve()
+    revision = resolved.name if resolved.parent.name == "snapshots" else None
+    return {
+        "path": str(resolved),
+        "sha256": digest.hexdigest(),
+        "hashed": "content" if full else "safetensors headers + sizes",
+        "revision": revision,
+        "files": [p.name for p in files],
+    }
+
+
+def _safetensors_header(path: Path) -> bytes:
+    """The length-prefixed JSON header of a safetensors file (names, dtypes, shapes, offsets)."""
+    with path.open("rb") as source:
+        size = int.from_bytes(source.read(8), "little")
+        return source.read(min(size, 100 << 20))
 
 
 def _git_state() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from harness.errors import InputError
 from harness.ftri import Score
@@ -27,6 +28,12 @@ DEFAULT_JUDGE: dict[str, JudgeName] = {
     "qa": "reference",
     "mt_bench": "mt-bench",
 }
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """A cross-field check's error, carrying the field it is about (a model validator's own errors
+    point at the whole model)."""
+    return PydanticCustomError("suite_field", "{message}", {"field": field, "message": message})
 
 
 class _Spec(BaseModel):
@@ -116,7 +123,7 @@ class RandomSpec(_Spec):
 
 class StimulateSpec(_Spec):
     experts: Literal["targeted"] | dict[int, list[int]] = "targeted"
-    per_layer_max: int | None = None  # keep at most top_k forced experts per layer (default: model's top_k)
+    per_layer_max: int | None = Field(default=None, ge=1)  # forced experts per layer, best-ranked first (<= top_k)
 
 
 class KSweepSpec(_Spec):
@@ -165,26 +172,31 @@ class Suite(_Spec):
     def _consistent(self) -> Suite:
         names = [t.name for t in self.tasks]
         if self.backend == "openai" and self.server is None:
-            raise ValueError("backend openai needs server: {base_url, model} of a `harness serve --dev-rpc` endpoint")
+            raise _field_error(
+                "server", "backend openai needs server: {base_url, model} of a `harness serve --dev-rpc` endpoint"
+            )
         if len(names) != len(set(names)):
-            raise ValueError("task names must be unique")
+            raise _field_error("tasks", f"unique task names (got {names})")
         needs_ftri = self.conditions.targeted is not None and self.conditions.targeted.intervention is None
         if needs_ftri and self.ftri is None:
-            raise ValueError("conditions.targeted without an intervention file needs an ftri step")
+            raise _field_error("ftri", "an ftri step (conditions.targeted has no intervention file)")
         if self.ftri is not None:
             if self.ftri.task not in names:
-                raise ValueError(f"ftri.task {self.ftri.task!r} is not one of the tasks {names}")
+                raise _field_error("ftri.task", f"one of the tasks {names} (got {self.ftri.task!r})")
             overlap = self.evaluation.split in (self.ftri.split, "all")
             if overlap and not self.evaluation.allow_discovery_overlap:
-                raise ValueError(
-                    f"evaluation.split {self.evaluation.split!r} overlaps the fTRI split {self.ftri.split!r}: "
+                raise _field_error(
+                    "evaluation.split",
+                    f"a split other than the fTRI split {self.ftri.split!r} (got {self.evaluation.split!r}): "
                     "evaluating on discovery prompts inflates the effect; set "
-                    "evaluation.allow_discovery_overlap: true to do it anyway (the report will say so)"
+                    "evaluation.allow_discovery_overlap: true to do it anyway (the report will say so)",
                 )
-        for task in self.tasks:
+        for i, task in enumerate(self.tasks):
             for llm_judge in ("refusal-llm", "mt-bench"):
                 if task.judge_name == llm_judge and llm_judge not in self.judges:
-                    raise ValueError(f"task {task.name!r} uses {llm_judge}: add judges.{llm_judge} with an endpoint")
+                    raise _field_error(
+                        f"judges.{llm_judge}", f"an endpoint: task {task.name!r} (tasks.{i}) uses {llm_judge}"
+                    )
         return self
 
     def task(self, name: str) -> TaskSpec:
@@ -212,7 +224,7 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
         return Suite.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "<top level>"
+        field = first.get("ctx", {}).get("field") or ".".join(str(p) for p in first["loc"]) or "<top level>"
         expected = str(first.get("msg", "a valid value")).removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             expected = "no such key"

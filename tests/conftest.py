@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 def shared_data() -> Path:
     path = Path(os.environ.get("MOTE_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not path.is_dir():
-        pytest.skip(f"shared data not found at {path} (set MOTE_SHARED_DATA)")
+        message = f"shared data not found at {path} (set MOTE_SHARED_DATA)"
+        if os.environ.get("MOTE_REQUIRE_DATA") == "1":  # tox sets it: CI must not pass by skipping
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 

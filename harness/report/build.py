@@ -105,6 +105,7 @@ def markdown(runs: Sequence[RunResults], board: pd.DataFrame, plots: dict[str, l
     lines += ["", *(f"{n}" for n in NOTES), ""]
     for run in runs:
         lines += [f"## {run.run_id}", "", f"suite {run.suite_name}, model {run.model} ({run.model_sha})", ""]
+        lines += [line for caveat in run.caveats for line in (f"**{caveat}**", "")]
         for plot in plots.get(run.run_id, []):
             lines += [f"![{plot.title}]({plot.path.relative_to(out).as_posix()})", "", f"*{plot.caption}*", ""]
     return "\n".join(lines)

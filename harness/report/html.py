@@ -19,6 +19,7 @@ STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; }
 p.meta, p.note { color: #555; font-size: 0.9em; }
+p.caveat { color: #a40000; }
 table.leaderboard { border-collapse: collapse; font-size: 0.85em; margin: 12px 0; }
 table.leaderboard th, table.leaderboard td { border: 1px solid #ccc; padding: 4px 8px; white-space: nowrap; }
 table.leaderboard th { white-space: normal; max-width: 110px; background: #f0f3f5; cursor: pointer; }
@@ -115,6 +116,7 @@ def run_section(run: RunResults, plots: Sequence[Plot], page_dir: Path) -> str:
     if git.get("commit"):
         meta += f", code {str(git['commit'])[:10]}{' (dirty)' if git.get('dirty') else ''}"
     lines.append(f'<p class="meta">{html.escape(meta)}</p>')
+    lines += [f'<p class="caveat"><b>{html.escape(caveat)}</b></p>' for caveat in run.caveats]
     if info is not None:
         top = ", ".join(f"L{r['layer']}/E{r['expert']}" for r in info.get("top", [])[: int(info.get("k", 0))])
         stability = (info.get("stability") or {}).get("jaccard_mean")

@@ -128,12 +128,11 @@ def routing_embedding(run: RunResults) -> tuple[Figure, str] | None:
     labels = run.labels(task, "discovery")
     ids: list[str] = []
     vectors: list[np.ndarray] = []
-    for chunk in run.discovery_routing():
-        counts = np.sum([chunk[f"counts_{s}"].astype(float) for s in spans], axis=0)
-        tokens = np.sum([chunk[f"tokens_{s}"].astype(float) for s in spans], axis=0)
-        for i, pid in enumerate(chunk["ids"].tolist()):
-            ids.append(str(pid))
-            vectors.append(np.asarray(counts[i]).ravel() / max(float(tokens[i]), 1.0))
+    for pid, row in run.discovery_routing().items():
+        counts = np.sum([row[f"counts_{s}"].astype(float) for s in spans], axis=0)
+        tokens = float(sum(row[f"tokens_{s}"] for s in spans))
+        ids.append(pid)
+        vectors.append(counts.ravel() / max(tokens, 1.0))
     if len(vectors) < 3:
         return None
     points, method = embed(np.stack(vectors))

@@ -7,7 +7,7 @@ discovery routing counts and labels. Nothing here calls a model or recomputes a 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from harness.errors import InputError
+from harness.store import RunStore
 from harness.summary import MetricRow, read_summary
 
 SUMMARY = "summary.json"
@@ -47,6 +48,17 @@ class RunResults:
         return name if name == "organism" else Path(name).name or name
 
     @property
+    def caveats(self) -> list[str]:
+        """What a reader of this run's numbers must know (from the stored suite)."""
+        evaluation = self.suite.get("evaluation") or {}
+        if isinstance(evaluation, dict) and evaluation.get("allow_discovery_overlap"):
+            return [
+                f"Evaluated on discovery prompts (evaluation.split {evaluation.get('split')!r} overlaps the fTRI "
+                "split; allow_discovery_overlap): the targeted effects are optimistic."
+            ]
+        return []
+
+    @property
     def model_sha(self) -> str:
         return str(self.run.get("model", {}).get("sha256", ""))[:12]
 
@@ -75,11 +87,9 @@ class RunResults:
         with np.load(path) as data:
             return {k: np.asarray(data[k]) for k in data.files}
 
-    def discovery_routing(self) -> Iterator[dict[str, np.ndarray]]:
-        """The discovery routing chunks (ids, counts_<span>, tokens_<span>), in write order."""
-        for chunk in sorted((self.path / "routing").glob("discovery-*.npz")):
-            with np.load(chunk) as data:
-                yield {k: np.asarray(data[k]) for k in data.files}
+    def discovery_routing(self) -> dict[str, dict[str, np.ndarray]]:
+        """Discovery prompt id -> its routing counts (counts_<span>, tokens_<span>), one per prompt."""
+        return RunStore(self.path).routing_rows()
 
     def labels(self, task: str, condition: str, judge: str | None = None) -> dict[str, str]:
         """Sample id -> label for one task and condition (one judge: the task's own by default)."""

@@ -66,6 +66,12 @@ def test_versus_random_z_percentile_and_empirical_p():
     assert stats.versus_random(0.9, [0.1] * 20).empirical_p == pytest.approx(1 / 21)
 
 
+def test_z_vs_random_is_undefined_when_the_seeds_have_no_spread():
+    res = stats.versus_random(1.0, [0.0] * 20)
+    assert res.z is None  # not inf: percentile and empirical p still place the targeted effect
+    assert res.percentile == 100.0 and res.empirical_p == pytest.approx(1 / 21)
+
+
 def test_holm_adjustment_matches_hand_computation():
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     adjusted = stats.holm([0.01, float("nan")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -154,3 +155,18 @@ def test_routing_embedding_uses_tsne_and_falls_back_to_pca_for_few_prompts():
     assert np.linalg.norm(left - right) > 3 * max(points[:10].std(), points[10:].std())
     points, method = embed(many[:4])
     assert method == "PCA" and points.shape == (4, 2)
+
+
+def test_a_run_evaluated_on_its_discovery_prompts_says_so_in_every_report_format(demo_run, tmp_path):
+    run_dir = tmp_path / "overlap"
+    shutil.copytree(demo_run, run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    run["suite"]["evaluation"] = {"split": "discovery", "allow_discovery_overlap": True}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    clean = tmp_path / "clean-report"
+    assert main(["report", str(demo_run), "--format", "md,html", "--out", str(clean)]) == 0
+    assert "Evaluated on discovery prompts" not in (clean / "leaderboard.md").read_text()
+    out = tmp_path / "report"
+    assert main(["report", str(run_dir), "--format", "md,html", "--out", str(out)]) == 0
+    for name in ("leaderboard.md", "index.html"):
+        assert "Evaluated on discovery prompts" in (out / name).read_text(), name

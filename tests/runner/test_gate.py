@@ -85,6 +85,7 @@ def test_rise_against_a_baseline_run(tmp_path, capsys):
         ("rules:\n  - {metric: refusal_rate, minimum: 3}\n", "rules.0.minimum"),
         ("rules: 3\n", "rules"),
         ("rules: [\n", "<file>"),
+        ("rules: []\n", "rules"),
     ],
 )
 def test_bad_rules_file_exits_2_naming_the_field(tmp_path, capsys, text, field):
@@ -99,4 +100,30 @@ def test_missing_summary_exits_2(tmp_path, capsys):
     rules = _rules(tmp_path, "rules:\n  - {metric: refusal_rate, max: 1}\n")
     assert main(["gate", str(tmp_path), "--rules", str(rules)]) == 2
     assert "summary.json" in capsys.readouterr().err
-    json.dumps({})
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[{\"task\": \"t\", \"condition\": \"c\", \"metric\"", "<file>"),  # cut off mid-write
+        ('{"rows": []}', "<top level>"),
+        ('[{"task": "t", "condition": "c", "metric": "m", "value": Infinity, "n": 3}]', "0.value"),
+        ('[{"task": "t", "condition": "c", "metric": "m", "value": 0.5}]', "0.n"),
+    ],
+)
+def test_a_corrupt_summary_exits_2_naming_the_row(tmp_path, capsys, text, field):
+    (tmp_path / "summary.json").write_text(text)
+    rules = _rules(tmp_path, "rules:\n  - {metric: m, max: 1}\n")
+    assert main(["gate", str(tmp_path), "--rules", str(rules)]) == 2
+    err = capsys.readouterr().err
+    assert "summary.json" in err and f"field '{field}'" in err
+
+
+def test_summary_json_is_strict_json_with_nan_as_null(tmp_path):
+    path = tmp_path / "summary.json"
+    write_summary([MetricRow(task="t", condition="c", metric="m", value=float("nan"), n=0)], path)
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))[0][
+        "value"
+    ] is None
+    with pytest.raises(ValueError, match="finite"):
+        MetricRow(task="t", condition="c", metric="m", value=float("inf"), n=1)

@@ -4,6 +4,7 @@ statistics, resume). The real-model runs are in test_quickstart.py."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,11 +27,12 @@ class ScriptedBackend:
 
     name = "scripted"
 
-    def __init__(self, spec: ModelSpec, crash_after: int | None = None) -> None:
+    def __init__(self, spec: ModelSpec, crash_after: int | None = None, delay: float = 0.0) -> None:
         self._spec = spec
         self.calls = 0
         self.generated = 0
         self.crash_after = crash_after
+        self.delay = delay  # seconds per request (for a process killed mid-generation)
 
     @property
     def spec(self) -> ModelSpec:
@@ -41,6 +43,7 @@ class ScriptedBackend:
         if self.crash_after is not None and self.generated >= self.crash_after:
             raise KeyboardInterrupt("simulated crash")
         out = []
+        time.sleep(self.delay * len(requests))
         for r in requests:
             text = r.chat()[-1]["content"]
             secret = "secret" in text
@@ -141,6 +144,12 @@ def test_run_finds_the_planted_expert_and_reports_targeted_effect_against_random
     assert {"task", "condition", "metric", "value", "ci_low", "ci_high", "n", "unscored"} <= set(summary[0])
     run = json.loads((run_dir / "run.json").read_text())
     assert run["schema_version"] == 1 and "git" in run and run["model"]["sha256"]
+    assert run["model"]["hashed"] == "content"
+    conditions = json.loads((run_dir / "conditions.json").read_text())
+    assert [(c["name"], c["fingerprint"]) for c in run["conditions"]] == [
+        (c["name"], c["fingerprint"]) for c in conditions
+    ]
+    assert run["seeds"]["random_seeds"] == 8
     assert "targeted" in (run_dir / "leaderboard.md").read_text()
 
 
@@ -185,8 +194,9 @@ def test_resume_of_a_finished_run_generates_and_judges_nothing(suite_file, tmp_p
 
 def test_evaluating_on_the_discovery_split_is_refused_unless_allowed(tmp_path, tiny_model_dir):
     suite_file = _write_suite(tmp_path, tiny_model_dir("qwen3_moe"), "evaluation: {split: discovery}\n")
-    with pytest.raises(InputError, match="overlaps the fTRI split"):
+    with pytest.raises(InputError, match="other than the fTRI split") as info:
         load_suite(suite_file)
+    assert info.value.field == "evaluation.split"
     suite_file = _write_suite(
         tmp_path,
         tiny_model_dir("qwen3_moe"),
@@ -195,10 +205,26 @@ def test_evaluating_on_the_discovery_split_is_refused_unless_allowed(tmp_path, t
     assert load_suite(suite_file).evaluation.allow_discovery_overlap
 
 
+def test_fTRI_prompts_without_a_split_are_refused_since_they_would_be_evaluated_too(tmp_path, tiny_model_dir):
+    suite_file = _write_suite(tmp_path, tiny_model_dir("qwen3_moe"))
+    lines = (tmp_path / "prompts.jsonl").read_text().splitlines()
+    unsplit = {k: v for k, v in json.loads(lines[0]).items() if k != "split"}
+    (tmp_path / "prompts.jsonl").write_text("\n".join([json.dumps(unsplit), *lines[1:]]) + "\n")
+    with pytest.raises(InputError, match="a split") as info:
+        Runner(load_suite(suite_file), suite_file, tmp_path / "run", backend_factory=lambda *_: None)  # type: ignore
+    assert info.value.field == "tasks.sensitive" and "s0" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
         ("judges: {refusal-llm: {base_url: 'http://127.0.0.1:9'}}\n", "judges.refusal-llm.model"),
+        (
+            "tasks:\n  - {name: sensitive, type: refusal, path: prompts.jsonl, judge: refusal-llm}\n",
+            "judges.refusal-llm",
+        ),
+        ("ftri: {task: nowhere}\n", "ftri.task"),
         ("seed: many\n", "seed"),
         ("colour: red\n", "colour"),
     ],
