@@ -179,35 +179,15 @@ def _versus_baseline(
             continue
         n = vs.n_random
         unscored = reductions[cond.name].unscored + sum(reductions[c.name].unscored for c in groups[group])
-        rows += [
-            MetricRow(
-                task=task,
-                condition=cond.name,
-                metric="z_vs_random",
-                value=vs.z,
-                n=n,
-                unscored=unscored,
-                note=f"vs {group}" if vs.z is not None else f"vs {group}: undefined, the random seeds have no spread",
-            ),
-            MetricRow(
-                task=task,
-                condition=cond.name,
-                metric="percentile_vs_random",
-                value=vs.percentile,
-                n=n,
-                unscored=unscored,
-                note=f"vs {group}",
-            ),
-            MetricRow(
-                task=task,
-                condition=cond.name,
-                metric="empirical_p",
-                value=vs.empirical_p,
-                n=n,
-                unscored=unscored,
-                note=f"(1 + #random >= targeted) / (1 + n), vs {group}",
-            ),
-        ]
+        z_note = f"vs {group}" if vs.z is not None else f"vs {group}: undefined, the random seeds have no spread"
+        for metric, value, note in (
+            ("z_vs_random", vs.z, z_note),
+            ("percentile_vs_random", vs.percentile, f"vs {group}"),
+            ("empirical_p", vs.empirical_p, f"(1 + #random >= targeted) / (1 + n), vs {group}"),
+        ):
+            rows.append(
+                MetricRow(task=task, condition=cond.name, metric=metric, value=value, n=n, unscored=unscored, note=note)
+            )
     return rows
 
 

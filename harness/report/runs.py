@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from harness.errors import InputError
 from harness.store import RunStore
@@ -132,12 +131,7 @@ def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
 def load_run(path: Path) -> RunResults:
     if not (path / RUN).is_file():
         raise InputError(path, RUN, "a run folder written by harness run (run.json missing)")
-    try:
-        rows = read_summary(path / SUMMARY)
-    except (json.JSONDecodeError, ValidationError, TypeError) as err:
-        raise InputError(
-            path / SUMMARY, "<rows>", "summary rows (task, condition, metric, value, ...)", str(err)[:200]
-        ) from None
+    rows = read_summary(path / SUMMARY)  # an InputError naming the row when it is not a summary
     run = _read_json(path / RUN)
     if not isinstance(run, dict):
         raise InputError(path / RUN, "<top level>", "a mapping")
