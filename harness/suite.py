@@ -173,7 +173,7 @@ class Suite(_Spec):
         names = [t.name for t in self.tasks]
         if self.backend == "openai" and self.server is None:
             raise _field_error(
-                "server", "backend openai needs server: {base_url, model} of a `harness serve --dev-rpc` endpoint"
+                "server", "{base_url, model} of a `harness serve --dev-rpc` endpoint (backend openai needs one)"
             )
         if len(names) != len(set(names)):
             raise _field_error("tasks", f"unique task names (got {names})")
