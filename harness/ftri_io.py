@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.files import write_whole
 from harness.ftri import FtriResult
 from harness.mote.intervention import Intervention, Mode, save_intervention
 from harness.mote.records import RoutingRecord, Span, count_map
@@ -117,7 +117,6 @@ def write_ftri(
     intervention = ftri_intervention(result, setup, source)
     save_intervention(intervention, intervention_path)
     text = json.dumps(ftri_report(result, setup, unscored, extra), indent=2, ensure_ascii=False, default=str)
-    tmp = report_path.with_name(report_path.name + ".tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, report_path)
+    data = (text + "\n").encode("utf-8")
+    write_whole(report_path, lambda sink: sink.write(data))
     return intervention

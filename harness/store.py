@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.files import write_whole
+
 SCHEMA_VERSION = 1
 ROUTING_CHUNKS = "discovery-*.npz"
 # Above this many bytes of weights the model is identified by its safetensors headers (tensor names,
@@ -38,11 +40,8 @@ class RunStore:
         return self.write_text(name, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
     def write_text(self, name: str, text: str) -> Path:
-        path = self.root / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        data = text.encode("utf-8")
+        return write_whole(self.root / name, lambda sink: sink.write(data))
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.root / name).read_text(encoding="utf-8"))
@@ -50,16 +49,9 @@ class RunStore:
     # -- routing count chunks (fTRI discovery) ---------------------------------------------------
     def write_routing_chunk(self, arrays: dict[str, Any]) -> Path:
         """The next routing/discovery-NNNNN.npz (ids, counts_<span>, tokens_<span>), written whole."""
-        self.routing_dir.mkdir(parents=True, exist_ok=True)
-        index = len(list(self.routing_dir.glob(ROUTING_CHUNKS)))
+        index = len(list(self.routing_dir.glob(ROUTING_CHUNKS))) if self.routing_dir.is_dir() else 0
         path = self.routing_dir / f"discovery-{index:05d}.npz"
-        tmp = self.routing_dir / f".{path.name}.part"  # outside the chunk pattern until renamed
-        with tmp.open("wb") as sink:
-            np.savez_compressed(sink, **arrays)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_whole(path, lambda sink: np.savez_compressed(sink, **arrays))
 
     def routing_rows(self) -> dict[str, dict[str, np.ndarray]]:
         """Prompt id -> its routing arrays (counts_<span> [moe_layers, n_experts], tokens_<span>), over

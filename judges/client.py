@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,17 +127,21 @@ class JudgeClient:
         keys = [self._key(r) for r in requests]
         for key, request in zip(keys, requests, strict=True):
             first.setdefault(key, request)
-        unique = list(first)
-        results = dict(zip(unique, await self._complete_unique([first[k] for k in unique], progress), strict=True))
-        self.stats.cache_hits += len(requests) - len(unique)
-        return [
-            results[key]
-            if results[key].item_id == request.item_id
-            else results[key].model_copy(update={"item_id": request.item_id, "cached": True})
-            for key, request in zip(keys, requests, strict=True)
-        ]
+        results = dict(zip(first, await self._complete_unique(first, progress), strict=True))
+        out = []
+        for key, request in zip(keys, requests, strict=True):
+            result = results[key]
+            if request is not first[key]:  # a copy: served by its first request's call
+                result = result.model_copy(update={"item_id": request.item_id, "cached": True})
+                if result.reply is None:
+                    self.stats.failures += 1
+                else:
+                    self.stats.cache_hits += 1
+            out.append(result)
+        return out
 
-    async def _complete_unique(self, requests: Sequence[ChatRequest], progress: bool) -> list[ChatResult]:
+    async def _complete_unique(self, requests: Mapping[str, ChatRequest], progress: bool) -> list[ChatResult]:
+        """One call (or cache hit) per cache key -> request, in the mapping's order."""
         client = openai.AsyncOpenAI(
             base_url=self.config.base_url,
             api_key=self._api_key,
@@ -147,14 +151,14 @@ class JudgeClient:
         semaphore = asyncio.Semaphore(self.config.max_concurrency)
         bar = tqdm(total=len(requests), desc=f"judge {self.config.model}", disable=not progress, unit="call")
 
-        async def one(request: ChatRequest) -> ChatResult:
+        async def one(key: str, request: ChatRequest) -> ChatResult:
             async with semaphore:
-                result = await self._complete(client, request)
+                result = await self._complete(client, key, request)
             bar.update(1)
             return result
 
         try:
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+            return list(await asyncio.gather(*(one(k, r) for k, r in requests.items())))
         finally:
             bar.close()
             await client.close()
@@ -164,8 +168,7 @@ class JudgeClient:
             self.config.base_url, self.config.model, request.prompt_id, request.prompt_version, request.body()
         )
 
-    async def _complete(self, client: openai.AsyncOpenAI, request: ChatRequest) -> ChatResult:
-        key = self._key(request)
+    async def _complete(self, client: openai.AsyncOpenAI, key: str, request: ChatRequest) -> ChatResult:
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:

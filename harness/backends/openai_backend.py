@@ -25,7 +25,7 @@ from harness.mote.spec import ModelSpec
 from harness.think import split_think
 from harness.vllm_plugin import MoteVLLMError
 from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
-from harness.vllm_plugin.ranks import merge_keyed, merge_records, merge_status
+from harness.vllm_plugin.ranks import merge_fetch, merge_status
 
 
 class OpenAIBackend:
@@ -136,8 +136,7 @@ class OpenAIBackend:
     def fetch_records(self, keys: Sequence[str]) -> dict[str, WorkerRecord | None]:
         """Pop the records of `keys` from every worker, merged over pipeline stages (ranks.py)."""
         answers = self.rpc(RPC_FETCH, json.dumps(list(keys)))
-        layers = self._spec.moe_layers
-        return {key: merge_records(per_rank, key, layers) for key, per_rank in merge_keyed(answers, keys).items()}
+        return merge_fetch(answers, keys, self._spec.moe_layers)
 
     def _complete(self, request: GenerationRequest, keys: list[str], index: int, settings: GenerationSettings) -> Any:
         return self.client.chat.completions.create(

@@ -34,7 +34,7 @@ from harness.think import generated_spans, prompt_opens_think, split_think
 from harness.vllm_plugin import WORKER_EXTENSION, MoteVLLMError
 from harness.vllm_plugin.compiled import safe_compilation_config
 from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
-from harness.vllm_plugin.ranks import merge_keyed, merge_records, merge_status
+from harness.vllm_plugin.ranks import merge_fetch, merge_status
 
 
 class VLLMBackend:
@@ -165,8 +165,7 @@ class VLLMBackend:
     def fetch_records(self, keys: Sequence[str]) -> dict[str, WorkerRecord | None]:
         """Pop the records of `keys` from every worker, merged over pipeline stages (ranks.py)."""
         answers = self.llm.collective_rpc(RPC_FETCH, args=(json.dumps(list(keys)),))
-        layers = self._spec.moe_layers
-        return {key: merge_records(per_rank, key, layers) for key, per_rank in merge_keyed(answers, keys).items()}
+        return merge_fetch(answers, keys, self._spec.moe_layers)
 
     def continuation_logprobs(
         self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], interventions: Sequence[Intervention]

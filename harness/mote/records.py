@@ -7,12 +7,14 @@ routed). `counts()` aggregates into the [moe_layers, n_experts] map per span tha
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from harness.files import write_whole
 
 SCHEMA_VERSION = 1
 
@@ -55,20 +57,14 @@ class RoutingRecord:
 
     def save(self, path: str | Path) -> Path:
         """Written whole via a rename: a kill leaves the previous file or this one, never a torn one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        with tmp.open("wb") as sink:
-            np.savez_compressed(
-                sink,
-                topk_ids=self.topk_ids.astype(np.int32),
-                topk_weights=self.topk_weights.astype(np.float32),
-                layers=self.layers.astype(np.int32),
-                span=self.span.astype(np.int8),
-                schema_version=np.int32(SCHEMA_VERSION),
-            )
-        os.replace(tmp, path)
-        return path
+        arrays: dict[str, Any] = {
+            "topk_ids": self.topk_ids.astype(np.int32),
+            "topk_weights": self.topk_weights.astype(np.float32),
+            "layers": self.layers.astype(np.int32),
+            "span": self.span.astype(np.int8),
+            "schema_version": np.int32(SCHEMA_VERSION),
+        }
+        return write_whole(Path(path), lambda sink: np.savez_compressed(sink, **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> RoutingRecord:

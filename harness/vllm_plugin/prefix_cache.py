@@ -50,10 +50,16 @@ def prefix_cache_problem(extra_args: dict[str, Any] | None, cache_salt: str | No
     return None
 
 
+def prefix_caching_on(cache_config: Any) -> bool:
+    """vLLM's CacheConfig.enable_prefix_caching, read directly: a renamed field must fail loudly, not
+    switch these refusals off."""
+    return bool(cache_config.enable_prefix_caching)
+
+
 def check_admitted_request(cache_config: Any, request: Any) -> None:
     """Raise vLLM's validation error if an engine with prefix caching on must refuse `request` (an
     EngineCoreRequest)."""
-    if not getattr(cache_config, "enable_prefix_caching", False):
+    if not prefix_caching_on(cache_config):
         return
     params = getattr(request, "sampling_params", None)
     problem = prefix_cache_problem(getattr(params, "extra_args", None), getattr(request, "cache_salt", None))

@@ -98,6 +98,13 @@ def merge_counts(answers: Sequence[Any], key: str, expected_layers: Sequence[int
     }
 
 
+def merge_fetch(
+    answers: Sequence[Mapping[str, Any]], keys: Sequence[str], expected_layers: Sequence[int]
+) -> dict[str, WorkerRecord | None]:
+    """The records of `keys` from every rank's `mote_fetch` answer ({key: base64 npz | None | error})."""
+    return {key: merge_records(per_rank, key, expected_layers) for key, per_rank in merge_keyed(answers, keys).items()}
+
+
 def merge_keyed(answers: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list[Any]]:
     """key -> every rank's answer for it, from per-rank {key: answer} dicts."""
     return {key: [answer.get(key) for answer in answers] for key in keys}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention
 from harness.mote.routing import LayerTables, build_layer_tables, drop_after_topk, rows_for_tokens
 from harness.vllm_plugin.checks import MoteVLLMError, check_runner
@@ -113,6 +114,17 @@ class StepContext:
         return bool(self.recorded)
 
 
+def _max_pending() -> int:
+    text = os.environ.get(MAX_PENDING_ENV, str(DEFAULT_MAX_PENDING))
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise MoteVLLMError(f"{MAX_PENDING_ENV}={text!r}: expected an integer >= 1 (records kept until fetched)")
+    return value
+
+
 class MoteRuntime:
     def __init__(self, runner: Any) -> None:
         check_runner(runner)
@@ -122,7 +134,7 @@ class MoteRuntime:
         self.record_all = False
         self.step: StepContext | None = None
         self.records: OrderedDict[str, PendingRecord] = OrderedDict()  # oldest first
-        self.max_pending = int(os.environ.get(MAX_PENDING_ENV, DEFAULT_MAX_PENDING))
+        self.max_pending = _max_pending()
         self.dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped by the cap, not fetched yet
         self.stage_layers: range | None = None  # pipeline parallel: the absolute layers of this stage
         self._parsed: OrderedDict[str, tuple[Intervention, str]] = OrderedDict()  # text -> (iv, fingerprint)
@@ -239,15 +251,8 @@ class MoteRuntime:
         stage = self.stage_layers
         if stage is None or intervention.is_none or all(layer in stage for layer, _ in intervention.experts):
             return intervention
-        mine: dict[int, list[int]] = {}
-        for layer, expert in intervention.experts:
-            if layer in stage:
-                mine.setdefault(layer, []).append(expert)
-        if not mine:
-            return Intervention.none()
-        if intervention.kind == "stimulate":
-            return Intervention.stimulate(mine)
-        return Intervention.suppress(mine, mode=intervention.mode or "drop")
+        mine = ExpertSet(tuple(pair for pair in intervention.experts if pair[0] in stage))
+        return intervention.model_copy(update={"experts": mine}) if mine else Intervention.none()
 
     # -- one step --------------------------------------------------------------------------------
     def begin_step(self, n_tokens: int, positions: torch.Tensor | None) -> None:
@@ -320,7 +325,9 @@ class MoteRuntime:
             if record_key is not None and not self._register(record_key, str(rid), state):
                 record_key = None
             keys.append(record_key)
-        slots = [i for i, key in enumerate(keys) if key is not None]
+        # keys the cap dropped (this scan may drop an earlier one) or two requests share are never kept:
+        # their steps are not captured at all
+        slots = [i for i, key in enumerate(keys) if key is not None and self._keeps(key)]
         scan = RequestScan(
             req_ids=list(req_ids),
             state_ids=state_ids,
@@ -350,6 +357,10 @@ class MoteRuntime:
                 "their routing would merge, so the record is refused: give every request its own key"
             )
         return True
+
+    def _keeps(self, key: str) -> bool:
+        pending = self.records.get(key)
+        return pending is not None and pending.conflict is None
 
     def _enforce_cap(self) -> None:
         while len(self.records) > self.max_pending:
@@ -532,9 +543,6 @@ class MoteRuntime:
         return weights, ids
 
     # -- records ---------------------------------------------------------------------------------
-    def pop_record(self, key: str) -> WorkerRecord | None:
-        return self.take(key)[0]
-
     def take(self, key: str) -> tuple[WorkerRecord | None, int]:
         """(the record of `key`, its request's prompt length), removed from the worker; (None, 0) if no
         request recorded under it. Raises MoteVLLMError for a key two requests used, or one dropped by

@@ -49,7 +49,9 @@ class MoteWorkerExtension:
         }
 
     def _prefix_caching(self) -> bool:
-        return bool(getattr(self.model_runner.vllm_config.cache_config, "enable_prefix_caching", False))
+        from harness.vllm_plugin.prefix_cache import prefix_caching_on
+
+        return prefix_caching_on(self.model_runner.vllm_config.cache_config)
 
     def mote_set_global_intervention(self, intervention_json: str) -> str:
         """Intervention for every request that carries none of its own; returns its fingerprint.
