@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 from harness.vllm_plugin.checks import MoteVLLMError, check_hook_points, check_version
@@ -40,38 +41,45 @@ def register() -> None:
     _patch_input_processor()
 
 
+def _wrap_once(owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> None:
+    """Replace `owner.name` by `make(original)`, once: vLLM may call register() more than once per
+    process, and a second wrap would run every hook twice."""
+    original = getattr(owner, name)
+    if getattr(original, _MARK, False):
+        return
+    wrapper = functools.wraps(original)(make(original))
+    setattr(wrapper, _MARK, True)
+    setattr(owner, name, wrapper)
+
+
 def _patch_model_forward() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    original = GPUModelRunner._model_forward
-    if getattr(original, _MARK, False):
-        return  # idempotent: vLLM may call register() more than once per process
+    def make(original: Any) -> Callable[..., Any]:
+        def _model_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+            from harness.vllm_plugin.runtime import MoteRuntime
 
-    @functools.wraps(original)
-    def _model_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from harness.vllm_plugin.runtime import MoteRuntime
+            runtime = MoteRuntime.of(self)
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+            embeds = kwargs.get("inputs_embeds")
+            if input_ids is not None:
+                n_tokens = int(input_ids.shape[0])
+            elif embeds is not None:
+                n_tokens = int(embeds.shape[0])
+            else:
+                n_tokens = int(positions.shape[-1]) if positions is not None else 0
+            runtime.begin_step(n_tokens, positions)
+            try:
+                output = original(self, *args, **kwargs)
+                runtime.end_step()
+            finally:
+                runtime.step = None
+            return output
 
-        runtime = MoteRuntime.of(self)
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-        embeds = kwargs.get("inputs_embeds")
-        if input_ids is not None:
-            n_tokens = int(input_ids.shape[0])
-        elif embeds is not None:
-            n_tokens = int(embeds.shape[0])
-        else:
-            n_tokens = int(positions.shape[-1]) if positions is not None else 0
-        runtime.begin_step(n_tokens, positions)
-        try:
-            output = original(self, *args, **kwargs)
-            runtime.end_step()
-        finally:
-            runtime.step = None
-        return output
+        return _model_forward
 
-    setattr(_model_forward, _MARK, True)
-    runner_class: Any = GPUModelRunner
-    runner_class._model_forward = _model_forward
+    _wrap_once(GPUModelRunner, "_model_forward", make)
 
 
 def _patch_moe_runner_init() -> None:
@@ -79,28 +87,24 @@ def _patch_moe_runner_init() -> None:
     vLLM compiles the model (route_hook.py)."""
     from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
 
-    original = MoERunner.__init__
-    if getattr(original, _MARK, False):
-        return
+    def make(original: Any) -> Callable[..., Any]:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            from vllm.config import CompilationMode, get_current_vllm_config
 
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        from vllm.config import CompilationMode, get_current_vllm_config
+            from harness.vllm_plugin.compiled import MOE_OPS, op_name
+            from harness.vllm_plugin.route_hook import wrap_router
 
-        from harness.vllm_plugin.compiled import MOE_OPS, op_name
-        from harness.vllm_plugin.route_hook import wrap_router
+            mode = get_current_vllm_config().compilation_config.mode
+            compiling = mode is not None and mode != CompilationMode.NONE
+            # the router is traced when the engine compiles and vLLM calls the MoE body directly (CPU);
+            # inside the opaque moe_forward op (GPU) or in an eager engine it runs as Python
+            traced = compiling and op_name(getattr(self, "_forward_entry", None)) not in MOE_OPS
+            wrap_router(self.router, str(self.layer_name), via_op=traced)
 
-        mode = get_current_vllm_config().compilation_config.mode
-        compiling = mode is not None and mode != CompilationMode.NONE
-        # the router is traced when the engine compiles and vLLM calls the MoE body directly (CPU);
-        # inside the opaque moe_forward op (GPU) or in an eager engine it runs as Python
-        traced = compiling and op_name(getattr(self, "_forward_entry", None)) not in MOE_OPS
-        wrap_router(self.router, str(self.layer_name), via_op=traced)
+        return __init__
 
-    setattr(__init__, _MARK, True)
-    runner_class: Any = MoERunner
-    runner_class.__init__ = __init__
+    _wrap_once(MoERunner, "__init__", make)
 
 
 def _patch_input_processor() -> None:
@@ -108,21 +112,17 @@ def _patch_input_processor() -> None:
     where vLLM admits them (prefix_cache.py)."""
     from vllm.v1.engine.input_processor import InputProcessor
 
-    original = InputProcessor.process_inputs
-    if getattr(original, _MARK, False):
-        return
+    def make(original: Any) -> Callable[..., Any]:
+        def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+            from harness.vllm_plugin.prefix_cache import check_admitted_request
 
-    @functools.wraps(original)
-    def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from harness.vllm_plugin.prefix_cache import check_admitted_request
+            request = original(self, *args, **kwargs)
+            check_admitted_request(self.cache_config, request)
+            return request
 
-        request = original(self, *args, **kwargs)
-        check_admitted_request(self.cache_config, request)
-        return request
+        return process_inputs
 
-    setattr(process_inputs, _MARK, True)
-    processor_class: Any = InputProcessor
-    processor_class.process_inputs = process_inputs
+    _wrap_once(InputProcessor, "process_inputs", make)
 
 
 # Bump when what the plugin puts into a compiled graph changes.
@@ -136,14 +136,10 @@ def _patch_compile_cache_key() -> None:
     check would refuse every MoTE request) is never loaded by an engine with it, and vice versa."""
     from vllm.compilation import caching
 
-    original = caching.aot_compile_hash_factors
-    if getattr(original, _MARK, False):
-        return
+    def make(original: Any) -> Callable[..., Any]:
+        def aot_compile_hash_factors(vllm_config: Any) -> list[str]:
+            return [*original(vllm_config), COMPILE_CACHE_FACTOR]
 
-    @functools.wraps(original)
-    def aot_compile_hash_factors(vllm_config: Any) -> list[str]:
-        return [*original(vllm_config), COMPILE_CACHE_FACTOR]
+        return aot_compile_hash_factors
 
-    setattr(aot_compile_hash_factors, _MARK, True)
-    module: Any = caching
-    module.aot_compile_hash_factors = aot_compile_hash_factors
+    _wrap_once(caching, "aot_compile_hash_factors", make)
