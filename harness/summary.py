@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from harness.errors import InputError
+from harness.files import write_whole
 from harness.stats import Estimate
 
 SCHEMA_VERSION = 1
@@ -59,7 +60,8 @@ class MetricRow(BaseModel):
 
 def write_summary(rows: list[MetricRow], path: Path) -> None:
     text = json.dumps([r.model_dump() for r in rows], indent=2, allow_nan=False)  # strict JSON for any reader
-    path.write_text(text + "\n", encoding="utf-8")
+    data = (text + "\n").encode("utf-8")
+    write_whole(path, lambda sink: sink.write(data))  # a gate never reads a half-written summary
 
 
 def read_summary(path: Path) -> list[MetricRow]:
