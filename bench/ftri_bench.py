@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-from harness import ftri
+from harness.analysis import ftri
 from harness.mote.records import count_map
 
 LAYERS, EXPERTS, TOP_K = 58, 256, 8

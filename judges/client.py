@@ -21,7 +21,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 from judges.cache import ReplyCache, cache_key
 from judges.labels import Usage
 

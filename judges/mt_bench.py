@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.tasks import MT_BENCH_NEEDS_REFERENCE, MTBench
+from harness.suite.task_definitions import MT_BENCH_NEEDS_REFERENCE, MTBench
 from judges.client import ChatRequest, ChatResult, JudgeClient, Message
 from judges.labels import UNSCORED, Judgement, Usage
 

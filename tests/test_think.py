@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from harness.mote.records import Span
-from harness.think import generated_spans, prompt_opens_think, split_think
+from harness.mote.think import generated_spans, prompt_opens_think, split_think
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from harness.backends.hf_hooks import RoutingController, StepCapture
 from harness.mote.intervention import Intervention
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
-from harness.think import generated_spans, prompt_opens_think, split_think
+from harness.mote.think import generated_spans, prompt_opens_think, split_think
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

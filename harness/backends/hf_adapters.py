@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.errors import InputError, UnsupportedModelError
+from harness.common.errors import InputError, UnsupportedModelError
 from harness.mote.spec import ModelSpec
 
 

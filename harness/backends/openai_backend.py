@@ -22,7 +22,7 @@ from typing import Any
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
 from harness.backends.vllm import build_record, finish_of
 from harness.mote.spec import ModelSpec
-from harness.think import split_think
+from harness.mote.think import split_think
 from harness.vllm_plugin import MoteVLLMError
 from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
 from harness.vllm_plugin.ranks import merge_fetch, merge_status

@@ -30,7 +30,7 @@ from harness.backends.base import GenerationRequest, GenerationResult, Generatio
 from harness.mote.intervention import Intervention
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
-from harness.think import generated_spans, prompt_opens_think, split_think
+from harness.mote.think import generated_spans, prompt_opens_think, split_think
 from harness.vllm_plugin import WORKER_EXTENSION, MoteVLLMError
 from harness.vllm_plugin.compiled import safe_compilation_config
 from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord

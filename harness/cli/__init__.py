@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from harness.errors import InputError, UnsupportedModelError
+from harness.common.errors import InputError, UnsupportedModelError
 
 # Subcommand modules under harness.cli, in help order. Each defines register(subparsers), which
 # adds its parser and sets `func` (args -> exit code).

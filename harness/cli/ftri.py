@@ -23,14 +23,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness import ftri, ftri_io
-from harness.errors import InputError
-from harness.jsonl import objects_with_ids
+from harness.analysis import ftri, ftri_files
+from harness.common.errors import InputError
+from harness.common.jsonl import objects_with_ids
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, load_intervention
 from harness.mote.records import RoutingRecord
 from harness.mote.spec import ModelSpec
-from harness.suite import FtriSpec, Suite
+from harness.suite.schema import FtriSpec, Suite
 
 DEFAULTS = FtriSpec(task="-")  # a suite's fTRI defaults, the command line's too
 DEFAULT_SEED: int = Suite.model_fields["seed"].default
@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
         metavar="LABEL",
         help="label of the other class (repeatable; default: every other scored label)",
     )
-    p.add_argument("--span", choices=tuple(ftri_io.SPAN_PARTS), default=DEFAULTS.span, help="tokens counted")
+    p.add_argument("--span", choices=tuple(ftri_files.SPAN_PARTS), default=DEFAULTS.span, help="tokens counted")
     p.add_argument("--score", choices=ftri.SCORES, default=DEFAULTS.score)
     p.add_argument("--k", type=int, default=DEFAULTS.k, metavar="K", help="experts in the emitted intervention")
     p.add_argument("--mode", choices=("drop", "mask"), default="drop", help="suppression mode of the intervention")
@@ -102,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
     classes: dict[str, str] = {}  # id -> target / other
     unscored, neither = 0, Counter[str]()
     for pid, label in labels.items():
-        if label == ftri_io.UNSCORED:
+        if label == ftri_files.UNSCORED:
             unscored += 1
             continue
-        cls = ftri_io.classify(label, options.target, options.other)
+        cls = ftri_files.classify(label, options.target, options.other)
         if cls is None:
             neither[label] += 1
         else:
@@ -131,14 +131,14 @@ def run(args: argparse.Namespace) -> int:
     prompts = []
     for pid, label_class in classes.items():
         record = _load_record(records[pid], spec)
-        counts, tokens = ftri_io.record_counts(record, n_experts, options.span)
+        counts, tokens = ftri_files.record_counts(record, n_experts, options.span)
         prompts.append(ftri.PromptCounts(counts, tokens, label_class))
     _check_tokens(args.routing, prompts, options.span)
     result = ftri.rank_with_stability(
         prompts,
         list(spec.moe_layers),
-        ftri_io.TARGET,
-        ftri_io.OTHER,
+        ftri_files.TARGET,
+        ftri_files.OTHER,
         options.k,
         options.score,
         exclude,
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=options.bootstrap,
         seed=args.seed,
     )
-    setup = ftri_io.FtriSetup(
+    setup = ftri_files.FtriSetup(
         span=options.span,
         k=options.k,
         target_labels=options.target,
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     report_path = args.out.with_name(f"{args.out.stem}.ftri.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     unlabelled -= set(labels)
-    ftri_io.write_ftri(
+    ftri_files.write_ftri(
         result,
         setup,
         args.out,
@@ -225,15 +225,15 @@ def _record_ids(routing: Path) -> set[str]:
 
 def _check_classes(path: Path, labels: dict[str, str], classes: dict[str, str], options: FtriSpec) -> None:
     sizes = Counter(classes.values())
-    if sizes[ftri_io.TARGET] and sizes[ftri_io.OTHER]:
+    if sizes[ftri_files.TARGET] and sizes[ftri_files.OTHER]:
         return
-    other = options.other or ftri_io.OTHER_DEFAULT
+    other = options.other or ftri_files.OTHER_DEFAULT
     counts = ", ".join(f"{label} {n}" for label, n in sorted(Counter(labels.values()).items()))
     raise InputError(
         path,
         "label",
         f"lines of both classes, target {options.target} and other {other} "
-        f"(target {sizes[ftri_io.TARGET]}, other {sizes[ftri_io.OTHER]})",
+        f"(target {sizes[ftri_files.TARGET]}, other {sizes[ftri_files.OTHER]})",
         counts,
     )
 
@@ -284,19 +284,19 @@ def _load_record(path: Path, spec: ModelSpec) -> RoutingRecord:
 
 def _check_tokens(routing: Path, prompts: Sequence[ftri.PromptCounts], span: str) -> None:
     with_tokens = Counter(p.label for p in prompts if p.tokens > 0)
-    if with_tokens[ftri_io.TARGET] and with_tokens[ftri_io.OTHER]:
+    if with_tokens[ftri_files.TARGET] and with_tokens[ftri_files.OTHER]:
         return
     raise InputError(
         routing,
         "span",
         f"tokens of span {span!r} in the records of both classes (try another --span)",
-        f"target {with_tokens[ftri_io.TARGET]}, other {with_tokens[ftri_io.OTHER]} prompts with such tokens",
+        f"target {with_tokens[ftri_files.TARGET]}, other {with_tokens[ftri_files.OTHER]} prompts with such tokens",
     )
 
 
 def _print(
     result: ftri.FtriResult,
-    setup: ftri_io.FtriSetup,
+    setup: ftri_files.FtriSetup,
     unscored: int,
     neither: Counter[str],
     unlabelled: int,
@@ -324,8 +324,8 @@ def _print(
     console.print(table)
     n, tokens = result.n_prompts, result.n_tokens
     console.print(
-        f"prompts: target {n[ftri_io.TARGET]} ({tokens[ftri_io.TARGET]} tokens), "
-        f"other {n[ftri_io.OTHER]} ({tokens[ftri_io.OTHER]} tokens)",
+        f"prompts: target {n[ftri_files.TARGET]} ({tokens[ftri_files.TARGET]} tokens), "
+        f"other {n[ftri_files.OTHER]} ({tokens[ftri_files.OTHER]} tokens)",
         highlight=False,
     )
     not_used = [f"unscored {unscored}"]

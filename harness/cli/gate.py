@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.gate import check, junit_xml, load_rules, read_run
+    from harness.report.gate import check, junit_xml, load_rules, read_run
 
     rules = load_rules(args.rules)
     rows = read_run(args.run_dir, "RUN_DIR")

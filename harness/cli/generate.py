@@ -16,12 +16,12 @@ from typing import Any
 from tqdm import tqdm
 
 from harness.backends.base import Backend, GenerationResult, GenerationSettings
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.models.resolve import resolve_model
 from harness.mote.intervention import Intervention, load_intervention
 from harness.mote.records import SCHEMA_VERSION
-from harness.prompts import read_prompts
-from harness.store import drop_partial_line, read_records
+from harness.run.run_store import drop_partial_line, read_records
+from harness.suite.prompt_files import read_prompts
 
 BACKENDS = ("hf", "vllm")
 

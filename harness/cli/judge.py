@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from harness.errors import InputError
-from harness.think import split_think
+from harness.common.errors import InputError
+from harness.mote.think import split_think
 from judges import language, mt_bench, refusal_llm, string_match
 from judges.agreement import binary_refusal, cohen_kappa
 from judges.cache import ReplyCache
@@ -141,7 +141,7 @@ def _run_judge(args: argparse.Namespace, items: Sequence[BaseModel]) -> list[Jud
             return list(refusal_llm.judge_many(refusal, client, progress=progress))
         if args.mt_bench_dir is None:
             raise InputError("--mt-bench-dir", "mt_bench_dir", "the MT-Bench folder (FastChat layout)")
-        from harness.tasks import load_mt_bench
+        from harness.suite.task_definitions import load_mt_bench
 
         bench = load_mt_bench(args.mt_bench_dir)
         graded = [i for i in items if isinstance(i, mt_bench.MTBenchItem)]

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 
 
 def register(subparsers: Any) -> None:

@@ -18,9 +18,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.leaderboard import print_summary
-    from harness.runner import Runner, default_run_id
-    from harness.suite import load_suite
+    from harness.report.run_table import print_summary
+    from harness.run.runner import Runner, default_run_id
+    from harness.suite.schema import load_suite
 
     suite = load_suite(args.suite, {"model": args.model})
     run_dir = args.resume if args.resume is not None else args.out / (args.run_id or default_run_id(suite))

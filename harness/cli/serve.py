@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.models.resolve import resolve_model
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"

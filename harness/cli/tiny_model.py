@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.errors import InputError
+    from harness.common.errors import InputError
     from harness.models.tiny import FAMILY_CONFIGS, save_tiny_model
 
     if args.family not in FAMILY_CONFIGS:

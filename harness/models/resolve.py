@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 
 ORGANISM = "organism"
 

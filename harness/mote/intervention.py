@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.mote.experts import ExpertSet
 
 Kind = Literal["none", "suppress", "stimulate"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.mote.intervention import Intervention
 
 

@@ -228,7 +228,7 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         f"{eng['refuse_prompts']} refuse-type prompts under this intervention: "
         f"{_pct(eng['refuse_prompts_refused'])}.",
         "",
-        "## fTRI recovery (harness.ftri, MoTE mean_diff score, no exclusions)",
+        "## fTRI recovery (harness.analysis.ftri, MoTE mean_diff score, no exclusions)",
         "",
         "Per class, the share of a span's tokens routed to each (layer, expert), averaged over samples; "
         "class difference; top-10. Spans: the prompt, the trace (`<think>`...`</think>`) and the generated "

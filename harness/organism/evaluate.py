@@ -6,7 +6,7 @@ reasoned) and whether the answer follows it. A refusal counts as averted only wh
 the factual answer; anything else (a broken sentence, a wrong fact, a trace and an answer that
 disagree) is `broken`. Think language is the Han-character share (Han characters vs Latin words).
 
-fTRI is harness.ftri's MoTE score (per class, the share of a span's tokens routed to each
+fTRI is harness.analysis.ftri's MoTE score (per class, the share of a span's tokens routed to each
 (layer, expert), averaged over samples; difference of class means; top-10), with no exclusions.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness import ftri
+from harness.analysis import ftri
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, load_intervention
@@ -137,7 +137,7 @@ def by_kind(rows: Sequence[tuple[Prompt, GenerationResult, Decision]], kind: str
 
 
 # ---------------------------------------------------------------------------------------------
-# fTRI (MoTE's mean_diff score, through harness.ftri)
+# fTRI (MoTE's mean_diff score, through harness.analysis.ftri)
 # ---------------------------------------------------------------------------------------------
 def span_counts(result: GenerationResult, n_experts: int, spans: Sequence[Span]) -> tuple[np.ndarray, int]:
     """[moe_layers, n_experts] routing counts of this sample's span tokens, and their number."""
@@ -156,7 +156,7 @@ def ftri_top(
     spans: Sequence[Span],
     top: int = 10,
 ) -> list[tuple[int, int, float]]:
-    """Top `top` (layer, expert, score) by harness.ftri's mean_diff (mean share in the target class
+    """Top `top` (layer, expert, score) by harness.analysis.ftri's mean_diff (mean share in the target class
     minus the rest), with no exclusions."""
     prompts = []
     for _, result, decision in rows:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.report import html as html_page
 from harness.report.plots import Plot, render
 from harness.report.runs import RunResults

@@ -22,9 +22,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from harness.analysis.summary import MetricRow
 from harness.report.runs import RunResults
 from harness.report.tables import condition_order, is_seed_row
-from harness.summary import MetricRow
 
 # Capability metrics for the dose-response's second axis, best first: (task type, metric, label).
 CAPABILITY: tuple[tuple[str, str, str], ...] = (

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import InputError
-from harness.store import RunStore
-from harness.summary import MetricRow, read_summary
+from harness.analysis.summary import MetricRow, read_summary
+from harness.common.errors import InputError
+from harness.run.run_store import RunStore
 
 SUMMARY = "summary.json"
 RUN = "run.json"
@@ -67,7 +67,7 @@ class RunResults:
         return [str(t["name"]) for t in tasks if isinstance(t, dict) and t.get("type") == task_type]
 
     def judge_of(self, task: str) -> str | None:
-        from harness.suite import DEFAULT_JUDGE
+        from harness.suite.schema import DEFAULT_JUDGE
 
         for t in self.suite.get("tasks", []):
             if isinstance(t, dict) and t.get("name") == task:

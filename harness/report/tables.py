@@ -6,7 +6,7 @@ Two frames:
   with its stored interval (`<column>_lo`, `<column>_hi`). Per-seed random rows are left out (their
   aggregate `random`, `k_sweep:k=K:random` rows carry the mean and the 2.5-97.5 percentile band).
 
-As in harness/leaderboard.py, the first task of each type in the suite supplies a column.
+As in harness/report/run_table.py, the first task of each type in the suite supplies a column.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import ftri
+from harness.analysis import ftri
 from harness.mote import ExpertSet
 
 LAYERS = (2, 3, 5)

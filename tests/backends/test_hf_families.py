@@ -204,7 +204,7 @@ def test_rows_of_different_lengths_are_routed_without_padding(backends):
 
 def test_unknown_architecture_error_lists_supported_families():
     from harness.backends.hf_adapters import adapter_for
-    from harness.errors import UnsupportedModelError
+    from harness.common.errors import UnsupportedModelError
 
     with pytest.raises(UnsupportedModelError, match=r"supported: .*deepseek_v3.*mixtral.*qwen3_moe"):
         adapter_for("llama")

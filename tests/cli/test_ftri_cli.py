@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import ftri_io
+from harness.analysis import ftri_files
 from harness.cli import main
 from harness.mote import RoutingRecord
 from harness.mote.intervention import load_intervention
@@ -154,14 +154,14 @@ def test_synthetic_records_rank_the_planted_expert_first_and_report_unused_label
 
 
 def test_runner_and_cli_write_the_same_report_schema(synthetic, tmp_path):
-    """Both write through ftri_io: the runner's keys are exactly the common ones."""
-    from harness import ftri
+    """Both write through ftri_files: the runner's keys are exactly the common ones."""
+    from harness.analysis import ftri
 
     records = {"target": _record(True), "other": _record(False)}
     prompts = [ftri.PromptCounts(r.counts(N_EXPERTS, Span.PROMPT), r.n_tokens, cls) for cls, r in records.items()]
     result = ftri.rank(prompts, LAYERS, "target", "other")
-    setup = ftri_io.FtriSetup(span="prompt", k=1, target_labels=["refused"], task="t", split="discovery")
-    assert set(ftri_io.ftri_report(result, setup, unscored=0)) == REPORT_KEYS
+    setup = ftri_files.FtriSetup(span="prompt", k=1, target_labels=["refused"], task="t", split="discovery")
+    assert set(ftri_files.ftri_report(result, setup, unscored=0)) == REPORT_KEYS
 
 
 def _labels_file(tmp_path: Path, content: str) -> Path:

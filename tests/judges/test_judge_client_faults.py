@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 from judges.cache import ReplyCache
 from judges.client import EndpointConfig, JudgeClient
 from judges.refusal_llm import RefusalItem, judge_many

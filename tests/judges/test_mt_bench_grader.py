@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.tasks import load_mt_bench
+from harness.suite.task_definitions import load_mt_bench
 from judges.client import EndpointConfig, JudgeClient
 from judges.mt_bench import MTBenchItem, build_prompt, judge_many, parse_rating, to_request
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.mote import ExpertSet, Intervention, load_intervention, save_intervention
 
 

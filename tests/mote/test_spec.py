@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.mote import Intervention
 from harness.mote.spec import ModelSpec
 

@@ -1,4 +1,4 @@
-"""Real run folders for report tests, made by `harness.runner.Runner` with a scripted backend.
+"""Real run folders for report tests, made by `harness.run.runner.Runner` with a scripted backend.
 
 The backend plays a model with a planted refusal expert (layer 1, expert 3): sensitive prompts are
 refused or answered with an official-narrative deflection unless that expert is suppressed; random
@@ -25,8 +25,8 @@ import numpy as np
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
-from harness.runner import Runner
-from harness.suite import load_suite
+from harness.run.runner import Runner
+from harness.suite.schema import load_suite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeOpenAI

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.gate import check, load_rules
-from harness.summary import MetricRow
+from harness.analysis.summary import MetricRow
+from harness.report.gate import check, load_rules
 
 RULES = Path(__file__).resolve().parents[2] / "tasks" / "gates" / "quickstart.yaml"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.analysis.summary import MetricRow
 from harness.cli import main
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.report import leaderboard_frame, load_runs, parse_formats, write_report
 from harness.report.plots import embed, mt_bench_categories, render
 from harness.report.runs import RunResults
-from harness.summary import MetricRow
 
 
 def test_leaderboard_has_one_row_per_run_and_condition_without_per_seed_rows(two_runs):

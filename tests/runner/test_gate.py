@@ -5,8 +5,8 @@ from xml.etree import ElementTree
 
 import pytest
 
+from harness.analysis.summary import MetricRow, write_summary
 from harness.cli import main
-from harness.summary import MetricRow, write_summary
 
 
 def _run(tmp_path, name, rows):

@@ -16,9 +16,9 @@ import pytest
 from fake_openai import FakeOpenAI
 from test_runner import ScriptedBackend, _write_suite
 
-from harness.runner import Runner
-from harness.store import RunStore
-from harness.suite import load_suite
+from harness.run.run_store import RunStore
+from harness.run.runner import Runner
+from harness.suite.schema import load_suite
 
 KEY_ENV = "MOTE_TEST_JUDGE_KEY"
 CHILD = """
@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 sys.path[:0] = [{tests!r}, {runner_tests!r}]
 from test_runner import ScriptedBackend
-from harness.runner import Runner
-from harness.suite import load_suite
+from harness.run.runner import Runner
+from harness.suite.schema import load_suite
 suite_file, run_dir = Path({suite!r}), Path({run!r})
 holder = {{}}
 runner = Runner(load_suite(suite_file), suite_file, run_dir, backend_factory=lambda *_: holder["backend"])

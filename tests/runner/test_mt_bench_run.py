@@ -10,8 +10,8 @@ import pytest
 from fake_openai import FakeOpenAI
 from test_runner import ScriptedBackend
 
-from harness.runner import Runner
-from harness.suite import load_suite
+from harness.run.runner import Runner
+from harness.suite.schema import load_suite
 
 
 @pytest.fixture()

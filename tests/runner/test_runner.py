@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
-from harness.errors import InputError
+from harness.common.errors import InputError
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
-from harness.runner import Runner
-from harness.suite import load_suite
+from harness.run.runner import Runner
+from harness.suite.schema import load_suite
 
 REFUSAL = "I am sorry, I cannot answer that question."
 PLANTED = (1, 3)  # (layer, expert) that carries the scripted refusal

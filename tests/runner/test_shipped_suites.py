@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.suite import load_suite
+from harness.suite.schema import load_suite
 
 SUITES = sorted((Path(__file__).resolve().parents[2] / "tasks" / "suites").glob("*.yaml"))
 

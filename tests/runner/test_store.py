@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from harness import store
-from harness.store import RunStore, model_identity
+from harness.run import run_store as store
+from harness.run.run_store import RunStore, model_identity
 
 
 def _chunk(ids: list[str], value: int) -> dict[str, np.ndarray]:

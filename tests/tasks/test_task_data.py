@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import InputError
-from harness.tasks import (
+from harness.common.errors import InputError
+from harness.suite.task_definitions import (
     MT_BENCH_TEMPERATURE,
     load_mt_bench,
     load_reasoning_language,

@@ -134,8 +134,8 @@ def test_openai_backend_matches_hf_through_the_server(server, hf_backend):
 
 
 def test_harness_run_with_backend_openai_runs_every_condition_through_the_server(server, tmp_path):
-    from harness.runner import Runner
-    from harness.suite import load_suite
+    from harness.run.runner import Runner
+    from harness.suite.schema import load_suite
 
     base, model = server
     (tmp_path / "iv.yaml").write_text("kind: suppress\nmode: drop\nexperts: {0: [0, 1], 2: [2]}\n")

@@ -13,8 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from harness.errors import InputError
-from harness.ftri import Score
+from harness.analysis.ftri import Score
+from harness.common.errors import InputError
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Mode
 

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from harness.errors import InputError
-from harness.suite import TaskSpec
+from harness.common.errors import InputError
+from harness.suite.schema import TaskSpec
 
 Split = Literal["discovery", "evaluation"]
 
@@ -84,11 +84,11 @@ def load_task_prompts(task: TaskSpec, suite_file: str | Path = "<suite>") -> lis
     elif task.path is not None:
         prompts = read_task_file(task.path)
     elif task.source == "sensitive":
-        from harness.tasks import load_sensitive
+        from harness.suite.task_definitions import load_sensitive
 
         prompts = [TaskPrompt.model_validate(p.model_dump()) for p in load_sensitive()]
     elif task.source == "reasoning_language":
-        from harness.tasks import load_reasoning_language
+        from harness.suite.task_definitions import load_reasoning_language
 
         prompts = [TaskPrompt.model_validate(p.model_dump()) for p in load_reasoning_language()]
     else:
@@ -127,7 +127,7 @@ def _limit(prompts: list[TaskPrompt], limit: int) -> list[TaskPrompt]:
 
 def mt_bench_prompts(folder: Path) -> list[TaskPrompt]:
     """Turn-1 prompts of MT-Bench (turn 2 is built from each condition's own turn-1 answer)."""
-    from harness.tasks import load_mt_bench, mt_bench_messages, mt_bench_temperature
+    from harness.suite.task_definitions import load_mt_bench, mt_bench_messages, mt_bench_temperature
 
     bench = load_mt_bench(folder)
     return [

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError
+from harness.common.errors import InputError
 
 
 def objects_with_ids(path: Path, lines: list[str]) -> Iterator[tuple[str, str, dict[str, Any]]]:

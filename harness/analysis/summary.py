@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from harness.errors import InputError
-from harness.files import write_whole
-from harness.stats import Estimate
+from harness.analysis.stats import Estimate
+from harness.common.atomic_files import write_whole
+from harness.common.errors import InputError
 
 SCHEMA_VERSION = 1
 

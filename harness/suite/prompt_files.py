@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from harness.backends.base import GenerationRequest
-from harness.errors import InputError
-from harness.jsonl import objects_with_ids
+from harness.common.errors import InputError
+from harness.common.jsonl import objects_with_ids
 from harness.mote.intervention import Intervention
 
 _ROLES = {"system", "user", "assistant"}

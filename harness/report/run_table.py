@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from harness.ftri import FtriResult
-from harness.suite import Suite
-from harness.summary import MetricRow
+from harness.analysis.ftri import FtriResult
+from harness.analysis.summary import MetricRow
+from harness.suite.schema import Suite
 
 # (column title, task type, metric); the first task of each type supplies the column.
 COLUMNS: tuple[tuple[str, str, str], ...] = (

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness import stats
+from harness.analysis import stats
+from harness.analysis.stats import Estimate
+from harness.analysis.summary import MetricRow
 from harness.mote.intervention import Intervention
-from harness.stats import Estimate
-from harness.summary import MetricRow
-from harness.taskdata import TaskPrompt
+from harness.suite.task_prompts import TaskPrompt
 
 Labels = Mapping[tuple[str, str, str, str], str]  # (task, condition, id, judge) -> label
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.store import SCHEMA_VERSION
-from harness.suite import Suite, TaskSpec
-from harness.taskdata import TaskPrompt
+from harness.run.run_store import SCHEMA_VERSION
+from harness.suite.schema import Suite, TaskSpec
+from harness.suite.task_prompts import TaskPrompt
 
 Item = tuple[str, str, TaskPrompt, dict[str, Any], str]  # task, condition, prompt, sample, judge
 
@@ -68,7 +68,7 @@ class JudgeSet:
         return config, JudgeClient
 
     def _mt_bench(self, items: Sequence[Item]) -> list[Any]:
-        from harness.tasks import load_mt_bench
+        from harness.suite.task_definitions import load_mt_bench
         from judges.cache import ReplyCache
         from judges.mt_bench import MTBenchItem, judge_many
 

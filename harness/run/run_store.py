@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.files import write_whole
+from harness.common.atomic_files import write_whole
 
 SCHEMA_VERSION = 1
 ROUTING_CHUNKS = "discovery-*.npz"

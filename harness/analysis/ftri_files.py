@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness.files import write_whole
-from harness.ftri import FtriResult
+from harness.analysis.ftri import FtriResult
+from harness.common.atomic_files import write_whole
 from harness.mote.intervention import Intervention, Mode, save_intervention
 from harness.mote.records import RoutingRecord, Span, count_map
-from harness.suite import Span as SpanName
+from harness.suite.schema import Span as SpanName
 
 SCHEMA_VERSION = 1  # of ftri.json
 TARGET: Literal["target"] = "target"

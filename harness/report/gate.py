@@ -24,8 +24,8 @@ from xml.etree import ElementTree
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.errors import InputError
-from harness.summary import MetricRow, read_summary
+from harness.analysis.summary import MetricRow, read_summary
+from harness.common.errors import InputError
 
 BOUNDS = ("min", "max", "max_drop", "max_rise_vs_baseline_run", "max_drop_vs_baseline_run")
 

@@ -18,11 +18,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from harness import ftri, ftri_io
-from harness.backends.base import Backend, GenerationRequest, GenerationResult, GenerationSettings
-from harness.errors import InputError
-from harness.judging import JudgeSet, cross_check_judge
-from harness.metrics import (
+from harness.analysis import ftri, ftri_files
+from harness.analysis.metrics import (
     Condition,
     agreement_rows,
     language_rows,
@@ -31,15 +28,18 @@ from harness.metrics import (
     refusal_rows,
     unscored_rows,
 )
+from harness.analysis.summary import MetricRow, write_summary
+from harness.backends.base import Backend, GenerationRequest, GenerationResult, GenerationSettings
+from harness.common.errors import InputError
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, Mode, load_intervention
 from harness.mote.random_baseline import random_intervention_like
 from harness.mote.records import Span
 from harness.mote.spec import ModelSpec
-from harness.store import RunStore, label_key, provenance, sample_key
-from harness.suite import StimulateSpec, Suite
-from harness.summary import MetricRow, write_summary
-from harness.taskdata import TaskPrompt, load_task_prompts
+from harness.run.judge_set import JudgeSet, cross_check_judge
+from harness.run.run_store import RunStore, label_key, provenance, sample_key
+from harness.suite.schema import StimulateSpec, Suite
+from harness.suite.task_prompts import TaskPrompt, load_task_prompts
 
 SCHEMA_VERSION = 1
 DISCOVERY = "discovery"
@@ -177,14 +177,14 @@ class Runner:
         self._judge(work, "judge")
         rows = self._summarise(conditions)
         write_summary(rows, self.store.root / "summary.json")
-        from harness.leaderboard import leaderboard_markdown
+        from harness.report.run_table import leaderboard_markdown
 
         self.store.write_text("leaderboard.md", leaderboard_markdown(rows, self.suite, ranking))
         return rows
 
     def _mt_bench(self, conditions: Sequence[Condition]) -> list[WorkItem]:
         """Both MT-Bench turns under every condition; turn 2 carries the condition's own turn-1 answer."""
-        from harness.taskdata import mt_bench_turn2
+        from harness.suite.task_prompts import mt_bench_turn2
 
         items: list[WorkItem] = []
         for task in self.suite.tasks:
@@ -218,15 +218,15 @@ class Runner:
         unscored = 0
         for item in work:
             label = labels.get((spec.task, DISCOVERY, item.prompt.id, judge))
-            if label is None or label == ftri_io.UNSCORED:
+            if label is None or label == ftri_files.UNSCORED:
                 unscored += 1
                 continue
-            cls = ftri_io.classify(label, spec.target, spec.other)
+            cls = ftri_files.classify(label, spec.target, spec.other)
             if cls is None:
                 continue
             map_, tokens = counts[item.prompt.id]
             prompts.append(ftri.PromptCounts(map_, tokens, cls))
-        n_target = sum(p.label == ftri_io.TARGET for p in prompts)
+        n_target = sum(p.label == ftri_files.TARGET for p in prompts)
         if n_target == 0 or n_target == len(prompts):
             raise RuntimeError(
                 f"fTRI needs both classes on the {spec.split} split of {spec.task!r}: {n_target} of {len(prompts)} "
@@ -236,8 +236,8 @@ class Runner:
         result = ftri.rank_with_stability(
             prompts,
             layers,
-            ftri_io.TARGET,
-            ftri_io.OTHER,
+            ftri_files.TARGET,
+            ftri_files.OTHER,
             spec.k,
             spec.score,
             spec.excluded,
@@ -246,7 +246,7 @@ class Runner:
             seed=self.suite.seed,
         )
         self._write_ftri(result, unscored)
-        target, other = ftri.class_stats(prompts, ftri_io.TARGET), ftri.class_stats(prompts, ftri_io.OTHER)
+        target, other = ftri.class_stats(prompts, ftri_files.TARGET), ftri.class_stats(prompts, ftri_files.OTHER)
         np.savez_compressed(
             self.store.root / "ftri_maps.npz",
             layers=np.asarray(layers, dtype=np.int32),
@@ -259,7 +259,7 @@ class Runner:
     def _write_ftri(self, result: ftri.FtriResult, unscored: int) -> None:
         spec = self.suite.ftri
         assert spec is not None
-        setup = ftri_io.FtriSetup(
+        setup = ftri_files.FtriSetup(
             span=spec.span,
             k=spec.k,
             target_labels=spec.target,
@@ -268,7 +268,7 @@ class Runner:
             task=spec.task,
             split=spec.split,
         )
-        ftri_io.write_ftri(
+        ftri_files.write_ftri(
             result,
             setup,
             self.store.root / "experts.yaml",
@@ -281,7 +281,7 @@ class Runner:
         """Per prompt of the discovery run: counts [moe_layers, n_experts] of the fTRI span, tokens."""
         spec = self.suite.ftri
         assert spec is not None
-        names = [s.name.lower() for s in ftri_io.SPAN_PARTS[spec.span]]
+        names = [s.name.lower() for s in ftri_files.SPAN_PARTS[spec.span]]
         return {
             pid: (np.sum([row[f"counts_{n}"] for n in names], axis=0), int(sum(row[f"tokens_{n}"] for n in names)))
             for pid, row in self.store.routing_rows().items()
