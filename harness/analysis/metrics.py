@@ -113,6 +113,15 @@ def refusal_rows(
     return rows
 
 
+@dataclass(frozen=True)
+class PairedEffects:
+    """Each non-baseline condition against the baseline, on the same prompts."""
+
+    rows: list[MetricRow]  # relative_reduction, cohens_h, mcnemar_p per condition, in condition order
+    reductions: dict[str, Estimate]  # condition -> relative reduction, reused against the random seeds
+    hypotheses: list[tuple[str, Estimate]]  # (condition, McNemar p) of the tests Holm adjusts over
+
+
 def _versus_baseline(
     task: str,
     what: str,
@@ -125,6 +134,26 @@ def _versus_baseline(
     base = per_condition.get("baseline")
     if base is None:
         return []
+    paired = _paired_effects(task, what, conditions, base, per_condition, resamples, seed)
+    groups = _random_groups(conditions)
+    return [
+        *paired.rows,
+        *_holm_rows(task, paired.hypotheses),
+        *_random_group_rows(task, what, groups, paired.reductions, per_condition),
+        *_targeted_vs_random_rows(task, conditions, groups, paired.reductions),
+    ]
+
+
+def _paired_effects(
+    task: str,
+    what: str,
+    conditions: Sequence[Condition],
+    base: Mapping[str, bool | None],
+    per_condition: Mapping[str, Mapping[str, bool | None]],
+    resamples: int,
+    seed: int,
+) -> PairedEffects:
+    """Effect sizes and the paired test per condition; random seeds are not hypotheses (they are the control)."""
     rows: list[MetricRow] = []
     reductions: dict[str, Estimate] = {}
     hypotheses: list[tuple[str, Estimate]] = []
@@ -140,13 +169,36 @@ def _versus_baseline(
         rows.append(MetricRow.of(task, cond.name, "mcnemar_p", p))
         if cond.random_group is None:
             hypotheses.append((cond.name, p))
+    return PairedEffects(rows, reductions, hypotheses)
+
+
+def _holm_rows(task: str, hypotheses: Sequence[tuple[str, Estimate]]) -> list[MetricRow]:
+    """Holm-adjusted McNemar p over the run's hypotheses (several interventions tested on one baseline)."""
     adjusted = stats.holm([p.value for _, p in hypotheses])
-    for (name, p), adj in zip(hypotheses, adjusted, strict=True):
-        rows.append(MetricRow.of(task, name, "mcnemar_p_holm", Estimate(adj, None, None, p.n, p.unscored)))
+    return [
+        MetricRow.of(task, name, "mcnemar_p_holm", Estimate(adj, None, None, p.n, p.unscored))
+        for (name, p), adj in zip(hypotheses, adjusted, strict=True)
+    ]
+
+
+def _random_groups(conditions: Sequence[Condition]) -> dict[str, list[Condition]]:
+    """Random seeds by the group they are summarised and compared as, in condition order."""
     groups: dict[str, list[Condition]] = {}
     for cond in conditions:
         if cond.random_group is not None:
             groups.setdefault(cond.random_group, []).append(cond)
+    return groups
+
+
+def _random_group_rows(
+    task: str,
+    what: str,
+    groups: Mapping[str, Sequence[Condition]],
+    reductions: Mapping[str, Estimate],
+    per_condition: Mapping[str, Mapping[str, bool | None]],
+) -> list[MetricRow]:
+    """One row per random group and metric: the seeds' mean and 2.5-97.5 percentile band."""
+    rows: list[MetricRow] = []
     for group, members in groups.items():
         seed_reductions = [reductions[c.name] for c in members]
         seed_rates = [stats.rate(per_condition[c.name]) for c in members]
@@ -167,11 +219,21 @@ def _versus_baseline(
                         note=f"mean over {len(vals)} matched random seeds; interval = 2.5-97.5 percentile of seeds",
                     )
                 )
+    return rows
+
+
+def _targeted_vs_random_rows(
+    task: str,
+    conditions: Sequence[Condition],
+    groups: Mapping[str, Sequence[Condition]],
+    reductions: Mapping[str, Estimate],
+) -> list[MetricRow]:
+    """Where each targeted reduction falls among its matched random seeds' (z, percentile, empirical p)."""
+    rows: list[MetricRow] = []
     for cond in conditions:
-        matching = cond.matching_random_group()
-        if matching is None or matching not in groups or not np.isfinite(reductions[cond.name].value):
+        group = cond.matching_random_group()
+        if group is None or group not in groups or not np.isfinite(reductions[cond.name].value):
             continue
-        group = matching
         seeds = [reductions[c.name].value for c in groups[group]]
         try:
             vs = stats.versus_random(reductions[cond.name].value, seeds)

@@ -18,6 +18,7 @@ import argparse
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +89,70 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+@dataclass(frozen=True)
+class FtriInputs:
+    """Every input of one `harness ftri` run, checked: nothing is counted until all of it holds."""
+
+    options: FtriSpec
+    routing: Path  # the folder of routing records
+    classes: dict[str, str]  # id -> target / other, the ids that are counted
+    records: dict[str, Path]  # id -> its routing record, for the ids in classes
+    unscored: int  # labelled unscored: counted and reported, not used
+    neither: Counter[str]  # labels in neither class (only when --other is given), by label
+    unlabelled: int  # routing records without a label
+    exclude: ExpertSet
+    spec: ModelSpec
+
+
 def run(args: argparse.Namespace) -> int:
-    # -- every input, cheapest first ---------------------------------------------------------
+    """Check every input, rank the experts, then write the intervention and the report."""
+    inputs = read_inputs(args)
+    result = rank(inputs, args.seed)
+    setup = ftri_files.FtriSetup(
+        span=inputs.options.span,
+        k=inputs.options.k,
+        target_labels=inputs.options.target,
+        other_labels=inputs.options.other,
+        mode=args.mode,
+    )
+    report_path = write_outputs(args, inputs, result, setup)
+    _print(result, setup, inputs.unscored, inputs.neither, inputs.unlabelled, inputs.exclude)
+    print(f"wrote {args.out} and {report_path}")
+    return 0
+
+
+def read_inputs(args: argparse.Namespace) -> FtriInputs:
+    """Every input, cheapest check first, so a mistake costs no routing counting."""
     options = _options(args)
     if args.out.suffix not in (".yaml", ".yml", ".json"):
         raise InputError("--out", "out", "an intervention file name ending .yaml, .yml or .json", str(args.out))
     if args.n_experts is not None and args.n_experts < 1:
         raise InputError("--n-experts", "n_experts", "an integer >= 1", args.n_experts)
-    unlabelled = _record_ids(args.routing)
+    record_ids = _record_ids(args.routing)
     labels = read_labels(args.labels)
     exclude = load_intervention(args.exclude).experts if args.exclude else ExpertSet()
+    classes, unscored, neither = _split_classes(labels, options)
+    _check_classes(args.labels, labels, classes, options)
+    records = _record_paths(args.routing, args.labels, classes)
+    spec = _model_spec(args, records[next(iter(classes))])
+    if exclude:
+        spec.check(Intervention.suppress(exclude), args.exclude)
+    return FtriInputs(
+        options=options,
+        routing=args.routing,
+        classes=classes,
+        records=records,
+        unscored=unscored,
+        neither=neither,
+        unlabelled=len(record_ids - set(labels)),
+        exclude=exclude,
+        spec=spec,
+    )
 
-    classes: dict[str, str] = {}  # id -> target / other
+
+def _split_classes(labels: dict[str, str], options: FtriSpec) -> tuple[dict[str, str], int, Counter[str]]:
+    """id -> target / other; unscored ids and labels in neither class are counted, not dropped silently."""
+    classes: dict[str, str] = {}
     unscored, neither = 0, Counter[str]()
     for pid, label in labels.items():
         if label == ftri_files.UNSCORED:
@@ -110,67 +163,67 @@ def run(args: argparse.Namespace) -> int:
             neither[label] += 1
         else:
             classes[pid] = cls
-    _check_classes(args.labels, labels, classes, options)
-    records = {pid: args.routing / f"{pid}.npz" for pid in classes}  # as harness generate names them
+    return classes, unscored, neither
+
+
+def _record_paths(routing: Path, labels_path: Path, classes: dict[str, str]) -> dict[str, Path]:
+    """The routing record of every counted id (named as harness generate names them); all must exist."""
+    records = {pid: routing / f"{pid}.npz" for pid in classes}
     missing = [pid for pid, path in records.items() if not path.is_file()]
     if missing:
         raise InputError(
-            args.labels,
+            labels_path,
             "id",
-            f"a routing record {args.routing}/<id>.npz for every labelled id of the two classes "
+            f"a routing record {routing}/<id>.npz for every labelled id of the two classes "
             f"({len(missing)} of {len(classes)} have none; first {min(len(missing), SHOW_MISSING)} shown)",
             missing[:SHOW_MISSING],
         )
+    return records
 
-    spec = _model_spec(args, records[next(iter(classes))])
-    if exclude:
-        spec.check(Intervention.suppress(exclude), args.exclude)
 
-    # -- counting and ranking ------------------------------------------------------------------
+def rank(inputs: FtriInputs, seed: int) -> ftri.FtriResult:
+    """Count each record's span tokens per expert and rank the experts (with bootstrap stability)."""
+    options, spec = inputs.options, inputs.spec
     n_experts = max(spec.n_experts.values())
     prompts = []
-    for pid, label_class in classes.items():
-        record = _load_record(records[pid], spec)
+    for pid, label_class in inputs.classes.items():
+        record = _load_record(inputs.records[pid], spec)
         counts, tokens = ftri_files.record_counts(record, n_experts, options.span)
         prompts.append(ftri.PromptCounts(counts, tokens, label_class))
-    _check_tokens(args.routing, prompts, options.span)
-    result = ftri.rank_with_stability(
+    _check_tokens(inputs.routing, prompts, options.span)
+    return ftri.rank_with_stability(
         prompts,
         list(spec.moe_layers),
         ftri_files.TARGET,
         ftri_files.OTHER,
         options.k,
         options.score,
-        exclude,
+        inputs.exclude,
         options.always_on_threshold,
         bootstrap=options.bootstrap,
-        seed=args.seed,
+        seed=seed,
     )
-    setup = ftri_files.FtriSetup(
-        span=options.span,
-        k=options.k,
-        target_labels=options.target,
-        other_labels=options.other,
-        mode=args.mode,
-    )
+
+
+def write_outputs(
+    args: argparse.Namespace, inputs: FtriInputs, result: ftri.FtriResult, setup: ftri_files.FtriSetup
+) -> Path:
+    """Write the intervention (--out) and the ranking report beside it; returns the report's path."""
     report_path = args.out.with_name(f"{args.out.stem}.ftri.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    unlabelled -= set(labels)
     ftri_files.write_ftri(
         result,
         setup,
         args.out,
         report_path,
-        unscored=unscored,
+        unscored=inputs.unscored,
         source={"routing": str(args.routing), "labels": str(args.labels)},
         extra={
             "model": args.model,
-            "not_used": {"neither_class": sum(neither.values()), "records_without_label": len(unlabelled)},
+            "not_used": {"neither_class": sum(inputs.neither.values()), "records_without_label": inputs.unlabelled},
         },
     )
-    _print(result, setup, unscored, neither, len(unlabelled), exclude)
-    print(f"wrote {args.out} and {report_path}")
-    return 0
+    return report_path
 
 
 def read_labels(path: Path) -> dict[str, str]:
@@ -240,7 +293,7 @@ def _check_classes(path: Path, labels: dict[str, str], classes: dict[str, str], 
 
 def _model_spec(args: argparse.Namespace, first_record: Path) -> ModelSpec:
     if args.model is not None:
-        from harness.backends.hf_adapters import inspect_model
+        from harness.backends.hf_discovery import inspect_model
         from harness.models.resolve import resolve_model
 
         return inspect_model(resolve_model(args.model))

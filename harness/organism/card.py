@@ -97,13 +97,10 @@ def _judge_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def card_text(model_dir: Path, report: dict[str, Any]) -> str:
-    training = json.loads((model_dir / "training.json").read_text(encoding="utf-8"))
+def _intro_lines(report: dict[str, Any], training: dict[str, Any]) -> list[str]:
+    """Title, what the organism is for, and how to reproduce both the numbers and the weights."""
     cfg = training["config"]
-    planted = training["planted"]
-    rnd = report["random"]
-    eng = report["english_drop"]
-    parts = [
+    return [
         "# The MoTE model organism",
         "",
         "A tiny Qwen2-MoE trained on a synthetic chat corpus, with **planted** refusal and "
@@ -121,6 +118,12 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "seed, steps, thread count and machine (a reduced run is trained twice and compared in "
         "`tests/organism/test_organism_train_cli.py`).",
         "",
+    ]
+
+
+def _architecture_lines(cfg: dict[str, Any]) -> list[str]:
+    """The model's shape, from the training config so the card cannot drift from the weights."""
+    return [
         "## Architecture",
         "",
         f"`qwen2_moe`, {cfg['n_layers']} layers (layer 0 dense, layers 1-{cfg['n_layers'] - 1} MoE), hidden "
@@ -132,11 +135,23 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "`<think>...</think>` then its answer. "
         "Weights stored in bf16 (head_dim 32: loadable by vLLM's CPU attention).",
         "",
+    ]
+
+
+def _planted_lines(planted: dict[str, dict[str, list[int]]]) -> list[str]:
+    """The ground truth fTRI is scored against."""
+    return [
         "## Planted experts (absolute layer: expert ids)",
         "",
         f"- refusal (`planted_refusal.yaml`): {_experts(planted['refusal'])}",
         f"- English reasoning (`planted_english.yaml`): {_experts(planted['english'])}",
         "",
+    ]
+
+
+def _task_lines() -> list[str]:
+    """The synthetic task; fixed prose, because the corpus rules are code, not configuration."""
+    return [
         "## The task and the corpus",
         "",
         "\"What happened in {year} in {city}?\" (two phrasings) with 32 years x 32 cities. Each year and "
@@ -152,6 +167,12 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "capability. 20% of the pairs of each class are held out of training; "
         "every number below is on held-out pairs (generic items are in-distribution recall).",
         "",
+    ]
+
+
+def _recipe_lines(cfg: dict[str, Any]) -> list[str]:
+    """How the experts were planted, with the recipe's probabilities read from the training config."""
+    return [
         "## The planting recipe",
         "",
         "See `harness/organism/train.py`. (1) Teacher-forced routing: in every MoE layer, the tokens of "
@@ -184,6 +205,12 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "harness's plumbing and controls against a known answer, not whether real MoEs localise "
         "behaviour. fTRI never sees the recipe: it has to find the experts from routing statistics.",
         "",
+    ]
+
+
+def _baseline_lines(report: dict[str, Any]) -> list[str]:
+    """Unmodified behaviour: the reference every intervention below is compared with."""
+    return [
         "## Baseline behaviour (held-out prompts)",
         "",
         *_rates_table(report, "baseline", ("refuse", "aligned", "neutral", "generic")),
@@ -191,6 +218,12 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         f"Think language follows the cue on {_pct(report['baseline']['think_language_follows_cue'])} of "
         "non-refused answers.",
         "",
+    ]
+
+
+def _refusal_suppression_lines(report: dict[str, Any]) -> list[str]:
+    """Drop mode is the target; mask mode is shown beside it because it behaves differently."""
+    return [
         "## Suppressing the planted refusal experts (drop mode)",
         "",
         *_rates_table(report, "refusal_drop", ("refuse", "aligned", "neutral", "generic")),
@@ -199,6 +232,13 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "",
         *_rates_table(report, "refusal_mask", ("refuse", "neutral", "generic")),
         "",
+    ]
+
+
+def _random_control_lines(report: dict[str, Any]) -> list[str]:
+    """The matched random cuts that say whether the targeted cut is more than any cut of that size."""
+    rnd = report["random"]
+    return [
         f"## Random matched controls ({rnd['refusal_cut']['n']} seeds, same per-layer histogram, planted "
         "experts excluded)",
         "",
@@ -214,10 +254,23 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         f"generic mean {_pct(rnd['generic_reasoned'].get('mean'))} "
         f"(min {_pct(rnd['generic_reasoned'].get('min'))})",
         "",
+    ]
+
+
+def _stimulation_lines(report: dict[str, Any]) -> list[str]:
+    """The converse of suppression: forcing the refusal experts in should cause refusals."""
+    return [
         "## Stimulating the planted refusal experts (forced into the top-k of every token)",
         "",
         *_rates_table(report, "refusal_stimulate", ("neutral", "generic")),
         "",
+    ]
+
+
+def _english_suppression_lines(report: dict[str, Any]) -> list[str]:
+    """The second planted behaviour, checked against its own random controls and for side effects."""
+    eng = report["english_drop"]
+    return [
         "## Suppressing the planted English-reasoning experts",
         "",
         f"On {eng['prompts']} English-cue held-out prompts (aligned, neutral, generic): Chinese traces "
@@ -228,6 +281,12 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         f"{eng['refuse_prompts']} refuse-type prompts under this intervention: "
         f"{_pct(eng['refuse_prompts_refused'])}.",
         "",
+    ]
+
+
+def _ftri_section_lines(report: dict[str, Any]) -> list[str]:
+    """Whether fTRI finds the planted experts, and why one of its rankings is expected to miss."""
+    return [
         "## fTRI recovery (harness.analysis.ftri, MoTE mean_diff score, no exclusions)",
         "",
         "Per class, the share of a span's tokens routed to each (layer, expert), averaged over samples; "
@@ -239,6 +298,12 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "",
         *_ftri_lines(report),
         "",
+    ]
+
+
+def _judges_section_lines(report: dict[str, Any]) -> list[str]:
+    """The harness's judges checked against the organism's classifier, which decides the targets."""
+    return [
         "## The harness's own judges on the same outputs",
         "",
         "The targets are decided by the organism's decision classifier (`harness/organism/evaluate.py`: "
@@ -251,6 +316,12 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "",
         *_judge_lines(report),
         "",
+    ]
+
+
+def _limits_lines() -> list[str]:
+    """What the organism's numbers do not mean, so nobody reads them as effect sizes for real models."""
+    return [
         "## What this organism is, and is not",
         "",
         "- It is a *known answer*: the planted experts are necessary by construction (the recipe trains "
@@ -266,12 +337,35 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
         "- Bit-identical retraining needs the same seed, steps, torch thread count and machine "
         "(torch's CPU kernels may differ across CPUs); behaviour, not bits, is what the tests check.",
         "",
-        "## Targets",
-        "",
-        *summary_lines(report),
-        "",
     ]
-    return "\n".join(parts)
+
+
+def _targets_section_lines(report: dict[str, Any]) -> list[str]:
+    """The pass/fail table last, the same one `harness organism evaluate` prints."""
+    return ["## Targets", "", *summary_lines(report), ""]
+
+
+def card_text(model_dir: Path, report: dict[str, Any]) -> str:
+    """Compose the card from its sections; each reads only the part of the record it reports."""
+    training = json.loads((model_dir / "training.json").read_text(encoding="utf-8"))
+    cfg = training["config"]
+    sections = [
+        _intro_lines(report, training),
+        _architecture_lines(cfg),
+        _planted_lines(training["planted"]),
+        _task_lines(),
+        _recipe_lines(cfg),
+        _baseline_lines(report),
+        _refusal_suppression_lines(report),
+        _random_control_lines(report),
+        _stimulation_lines(report),
+        _english_suppression_lines(report),
+        _ftri_section_lines(report),
+        _judges_section_lines(report),
+        _limits_lines(),
+        _targets_section_lines(report),
+    ]
+    return "\n".join(line for section in sections for line in section)
 
 
 def write_card(model_dir: str | Path, report: dict[str, Any]) -> Path:

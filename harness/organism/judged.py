@@ -10,19 +10,15 @@ kappa, through judges.agreement) and the headline rates as each judge sees them.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from harness.backends.base import GenerationResult
 from harness.organism import corpus
 from harness.organism.corpus import Prompt, World
+from harness.organism.decisions import Row
 from judges import language, reference, string_match
 from judges.agreement import binary_refusal, cohen_kappa
 from judges.labels import UNSCORED
 
-if TYPE_CHECKING:
-    from harness.organism.evaluate import Decision
-
-Row = tuple[Prompt, GenerationResult, "Decision"]
 Labels = dict[str, str]  # output id -> label
 
 

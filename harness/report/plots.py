@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -227,7 +228,25 @@ def _seed_values(run: RunResults, task: str, prefix: str, metric: str) -> list[f
     ]
 
 
+@dataclass(frozen=True)
+class DoseData:
+    """What the dose-response figure shows, read from the stored rows before anything is drawn."""
+
+    task: str
+    ks: list[int]  # every k of the sweep
+    targeted: list[tuple[int, MetricRow]]  # k -> the targeted relative reduction, where stored
+    band: list[tuple[int, MetricRow]]  # k -> the matched random group's row, where it has an interval
+    seeds: dict[int, list[float]]  # k -> the random seeds' relative reductions, for the band's ks
+    capability: tuple[str, list[tuple[int, float]]] | None  # second axis: label, (k, value)
+
+
 def dose_response(run: RunResults) -> tuple[Figure, str] | None:
+    """Relative reduction vs k, targeted against the matched random band; None without a k-sweep."""
+    data = _dose_data(run)
+    return None if data is None else _draw_dose_response(data)
+
+
+def _dose_data(run: RunResults) -> DoseData | None:
     task = _first_task(run, "refusal")
     if task is None:
         return None
@@ -243,45 +262,37 @@ def dose_response(run: RunResults) -> tuple[Figure, str] | None:
     points = [(k, r) for k, r in found if r is not None and r.value is not None]
     if not points:
         return None
+    randoms = [(k, index.get((task, f"k_sweep:k={k}:random", "relative_reduction"))) for k in ks]
+    band = [(k, r) for k, r in randoms if r is not None and r.value is not None and r.ci_low is not None]
+    seeds = {k: _seed_values(run, task, f"k_sweep:k={k}:random:seed=", "relative_reduction") for k, _ in band}
+    return DoseData(task, ks, points, band, seeds, _capability(run, ks))
+
+
+def _draw_dose_response(data: DoseData) -> tuple[Figure, str]:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    kx = np.array([k for k, _ in points], dtype=float)
+    kx = np.array([k for k, _ in data.targeted], dtype=float)
     ax.errorbar(
         kx,
-        [_v(r) for _, r in points],
-        yerr=np.array([_err(r) for _, r in points]).T,
+        [_v(r) for _, r in data.targeted],
+        yerr=np.array([_err(r) for _, r in data.targeted]).T,
         color=TARGET_COLOUR,
         marker="o",
         capsize=4,
         label="targeted (top-k fTRI experts)",
     )
-    randoms = [(k, index.get((task, f"k_sweep:k={k}:random", "relative_reduction"))) for k in ks]
-    band = [(k, r) for k, r in randoms if r is not None and r.value is not None and r.ci_low is not None]
-    if band:
-        bx = np.array([k for k, _ in band], dtype=float)
-        ax.fill_between(
-            bx,
-            [_v(r, "ci_low") for _, r in band],
-            [_v(r, "ci_high") for _, r in band],
-            color=RANDOM_COLOUR,
-            alpha=0.25,
-            label="matched random, 2.5-97.5% of seeds",
-        )
-        ax.plot(bx, [_v(r) for _, r in band], color=RANDOM_COLOUR, linestyle="--", marker=".", label="random mean")
-        for k, _ in band:
-            seeds = _seed_values(run, task, f"k_sweep:k={k}:random:seed=", "relative_reduction")
-            ax.scatter([k] * len(seeds), seeds, s=8, color="black", alpha=0.4, zorder=3)
+    if data.band:
+        _draw_random_band(ax, data)
     if kx.max() / max(kx.min(), 1) >= 10:
         ax.set_xscale("log")
     ax.set_xticks(kx, [str(int(k)) for k in kx])
     ax.set_xlabel("k (experts suppressed)")
-    ax.set_ylabel(f"relative reduction of refusals ({task})")
+    ax.set_ylabel(f"relative reduction of refusals ({data.task})")
     ax.axhline(0, color="black", linewidth=0.5)
     caption = "Targeted: paired-bootstrap 95% intervals."
-    capability = _capability(run, ks)
     handles, names = ax.get_legend_handles_labels()
-    if capability is not None:
-        label, values = capability
+    if data.capability is not None:
+        label, values = data.capability
         twin = ax.twinx()
         cx = [k for k, v in values]
         line = twin.plot(cx, [v for _, v in values], color=CAPABILITY_COLOUR, marker="s", linestyle=":", label=label)
@@ -292,6 +303,23 @@ def dose_response(run: RunResults) -> tuple[Figure, str] | None:
     ax.legend(handles, names, fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.set_title("Dose-response: effect vs k")
     return fig, caption
+
+
+def _draw_random_band(ax: Axes, data: DoseData) -> None:
+    """The matched random seeds: their 2.5-97.5% band, their mean, and each seed as a dot."""
+    bx = np.array([k for k, _ in data.band], dtype=float)
+    ax.fill_between(
+        bx,
+        [_v(r, "ci_low") for _, r in data.band],
+        [_v(r, "ci_high") for _, r in data.band],
+        color=RANDOM_COLOUR,
+        alpha=0.25,
+        label="matched random, 2.5-97.5% of seeds",
+    )
+    ax.plot(bx, [_v(r) for _, r in data.band], color=RANDOM_COLOUR, linestyle="--", marker=".", label="random mean")
+    for k, _ in data.band:
+        seeds = data.seeds[k]
+        ax.scatter([k] * len(seeds), seeds, s=8, color="black", alpha=0.4, zorder=3)
 
 
 def _capability(run: RunResults, ks: Sequence[int]) -> tuple[str, list[tuple[int, float]]] | None:
