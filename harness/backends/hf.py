@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings, render_prompt
-from harness.backends.hf_adapters import adapter_for, find_moe_blocks, spec_from_model
+from harness.backends.hf_discovery import check_supported, find_moe_blocks, probe_selection, spec_from_model
 from harness.backends.hf_hooks import RoutingController, StepCapture
 from harness.mote.intervention import Intervention
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
 from harness.mote.think import generated_spans, prompt_opens_think, split_think
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HFBackend:
@@ -47,10 +47,12 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         model: Any = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=_DTYPES[dtype], local_files_only=True)
         self.model: Any = model.to(self.device).eval()
-        family = str(self.model.config.model_type)
-        adapter = adapter_for(family)
+        check_supported(str(self.model.config.model_type))
         self._spec = spec_from_model(self.model)
-        self.controller = RoutingController(find_moe_blocks(self.model, family), adapter.selection_ops)
+        blocks = find_moe_blocks(self.model)
+        vocab = int(self.model.get_input_embeddings().num_embeddings)
+        probe_ids = (torch.arange(1, 9, device=self.device) % vocab).unsqueeze(0)
+        self.controller = RoutingController(blocks, probe_selection(self.model, blocks, probe_ids))
         self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
 
     @property

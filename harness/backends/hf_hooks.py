@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from harness.backends.hf_adapters import MoEBlock
+from harness.backends.hf_discovery import MoEBlock, Selection
 from harness.mote.intervention import Intervention
 from harness.mote.routing import (
     LayerTables,
@@ -110,9 +110,8 @@ class StepCapture:
 class RoutingController:
     """Owns the hooks of one model: the per-row intervention tables and the routing capture."""
 
-    def __init__(self, blocks: Sequence[MoEBlock], selection_ops: Sequence[str]) -> None:
+    def __init__(self, blocks: Sequence[MoEBlock], selections: Sequence[Selection]) -> None:
         self.blocks = list(blocks)
-        self.selection_ops = tuple(selection_ops)
         self.n_experts = {b.layer: b.n_experts for b in self.blocks}
         self.tables: dict[int, LayerTables] = {}
         self.n_rows = 1
@@ -121,8 +120,8 @@ class RoutingController:
         self._current: StepCapture | None = None
         self._handles: list[Any] = []
         self._original_forwards: list[tuple[torch.nn.Module, Any]] = []
-        for block in self.blocks:
-            self._install(block)
+        for block, selection in zip(self.blocks, selections, strict=True):
+            self._install(block, selection)
 
     # -- configuration per generate() call -------------------------------------------------------
     def configure(self, interventions: Sequence[Intervention], record: bool, device: torch.device) -> None:
@@ -153,9 +152,10 @@ class RoutingController:
         self._original_forwards.clear()
 
     # -- hooks -----------------------------------------------------------------------------------
-    def _install(self, block: MoEBlock) -> None:
-        router_forward = block.router.forward
-        self._original_forwards.append((block.router, router_forward))
+    def _install(self, block: MoEBlock, selection: Selection) -> None:
+        selector = selection.selector  # the router, or the block where the block itself selects (DBRX, Jamba)
+        router_forward = selector.forward
+        self._original_forwards.append((selector, router_forward))
         controller = self
 
         def routed_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -165,19 +165,19 @@ class RoutingController:
             n_tokens = hidden_states.numel() // hidden_states.shape[-1]
             block_t = None if tables.block is None else expand_rows(tables.block, n_tokens)
             force_t = None if tables.force is None else expand_rows(tables.force, n_tokens)
-            mode = SelectionEditMode(block_t, force_t, n_tokens, block.n_experts, controller.selection_ops)
+            mode = SelectionEditMode(block_t, force_t, n_tokens, block.n_experts, selection.ops)
             with mode:
                 out = router_forward(hidden_states, *args, **kwargs)
             if not mode.edited:  # the router selected some other way: the edit would be a silent no-op
                 raise RuntimeError(
-                    f"layer {block.layer}: {type(block.router).__name__}.forward made no "
-                    f"{'/'.join(controller.selection_ops)} call over [{n_tokens} tokens, {block.n_experts} experts] "
-                    "scores, so the mask / stimulate edit did not apply; this transformers version routes "
-                    "differently from the one the adapters were written for"
+                    f"layer {block.layer}: {type(selector).__name__}.forward made no "
+                    f"{'/'.join(selection.ops)} call over [{n_tokens} tokens, {block.n_experts} experts] "
+                    "scores, so the mask / stimulate edit did not apply; it selected differently on the "
+                    "probe forward at load"
                 )
             return out
 
-        block.router.forward = routed_forward
+        selector.forward = routed_forward
         names = _experts_arg_names(block.experts)
         self._handles.append(
             block.experts.register_forward_pre_hook(self._experts_pre_hook(block.layer, names), with_kwargs=True)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings, render_prompt
+from harness.backends.vllm_dtype import vllm_dtype
 from harness.mote.intervention import Intervention
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
@@ -46,7 +47,7 @@ class VLLMBackend:
         self,
         model_path: str | Path,
         *,
-        dtype: str = "float32",
+        dtype: str = "auto",
         max_model_len: int | None = None,
         enforce_eager: bool = True,
         seed: int = 0,
@@ -63,6 +64,9 @@ class VLLMBackend:
         from vllm import LLM
 
         self.model_path = Path(model_path)
+        dtype, note = vllm_dtype(self.model_path, dtype, "dtype")
+        if note:
+            print(note)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
         args: dict[str, Any] = {
             "model": str(model_path),

@@ -39,7 +39,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="auto: float32, except bfloat16 for MLA models (DeepSeek-V2/V3) on vLLM's CPU build (its kernel needs it)",
+    )
     p.add_argument("--overwrite", action="store_true", help="discard an existing generations.jsonl in --out")
     p.set_defaults(func=run)
 
@@ -53,10 +58,14 @@ def run(args: argparse.Namespace) -> int:
     requests = read_prompts(args.prompts, intervention)
     model_path = resolve_model(args.model)
 
-    from harness.backends.hf_adapters import inspect_model
+    from harness.backends.hf_discovery import inspect_model
 
     spec = inspect_model(model_path)
     spec.check(intervention, args.intervention or "--intervention")
+    if args.backend == "vllm":
+        from harness.backends.vllm_dtype import vllm_dtype
+
+        vllm_dtype(model_path, args.dtype)  # a dtype the engine cannot run is refused before anything is written
     settings = GenerationSettings(
         max_new_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -78,15 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"all {len(requests)} prompts already in {args.out / 'generations.jsonl'}")
         return 0
 
-    backend: Backend
-    if args.backend == "vllm":
-        from harness.backends.vllm import VLLMBackend
-
-        backend = VLLMBackend(model_path, dtype=args.dtype)
-    else:
-        from harness.backends.hf import HFBackend
-
-        backend = HFBackend(model_path, dtype=args.dtype, batch_size=args.batch_size)
+    backend = _load_backend(args, model_path)
     out_file = args.out / "generations.jsonl"
     with (
         out_file.open("a", encoding="utf-8") as sink,
@@ -102,6 +103,16 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(chunk))
     print(f"wrote {len(todo)} generations to {out_file}")
     return 0
+
+
+def _load_backend(args: argparse.Namespace, model_path: Path) -> Backend:
+    if args.backend == "vllm":
+        from harness.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model_path, dtype=args.dtype)
+    from harness.backends.hf import HFBackend
+
+    return HFBackend(model_path, dtype=args.dtype, batch_size=args.batch_size)
 
 
 def _line(result: GenerationResult) -> dict[str, Any]:

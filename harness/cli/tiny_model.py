@@ -6,14 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-FAMILIES_HELP = (
-    "mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, glm4_moe, gpt_oss, granitemoe, ..."
-)
-
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("tiny-model", help="build a tiny random MoE model folder (tests, smoke runs)")
-    p.add_argument("--family", required=True, help=FAMILIES_HELP)
+    p.add_argument(
+        "--family", required=True, help="a transformers model_type with routed experts (mixtral, dbrx, dots1, ...)"
+    )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -21,10 +19,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.common.errors import InputError
-    from harness.models.tiny import FAMILY_CONFIGS, save_tiny_model
+    from harness.models.coverage import routed_moe_types
+    from harness.models.tiny import save_tiny_model
 
-    if args.family not in FAMILY_CONFIGS:
-        raise InputError("--family", "family", f"one of {sorted(FAMILY_CONFIGS)}", args.family)
+    families = routed_moe_types()
+    if args.family not in families:
+        expected = f"a transformers model_type with routed experts, one of {families}"
+        raise InputError("--family", "family", expected, args.family)
     path = save_tiny_model(args.family, args.out, seed=args.seed)
     print(f"wrote a tiny {args.family} model to {path}")
     return 0

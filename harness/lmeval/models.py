@@ -196,7 +196,7 @@ class MoteVLLM(_MoteLM):
         intervention: str | None = None,
         max_gen_toks: int = 256,
         seed: int = 0,
-        dtype: str = "float32",
+        dtype: str = "auto",
         max_model_len: int = 1024,
         **engine_args: Any,
     ) -> None:

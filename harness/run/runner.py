@@ -81,7 +81,7 @@ class Runner:
 
     # -- set-up: every check before any model loads -------------------------------------------
     def _inspect(self) -> ModelSpec:
-        from harness.backends.hf_adapters import inspect_model
+        from harness.backends.hf_discovery import inspect_model
 
         return inspect_model(self.model_path)
 

@@ -46,7 +46,7 @@ class GenerationSpec(_Spec):
     top_p: float = Field(default=1.0, gt=0, le=1)
     seed: int = 0
     batch_size: int = Field(default=16, ge=1)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"  # auto: see harness/backends/vllm_dtype.py
 
 
 class TaskSpec(_Spec):

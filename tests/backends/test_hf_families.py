@@ -1,4 +1,8 @@
-"""The intervention contract on a tiny random model of every supported family."""
+"""The intervention contract on a tiny random model of every supported family.
+
+FAMILIES is every routed-MoE model type of the pinned transformers that `harness generate` loads and
+does not refuse; test_family_coverage.py checks it against the enumeration, so a family added to
+transformers cannot go untested."""
 
 from __future__ import annotations
 
@@ -9,10 +13,16 @@ from transformers import AutoModelForCausalLM
 
 from harness.backends.base import GenerationRequest, GenerationSettings
 from harness.backends.hf import HFBackend
-from harness.models.tiny import FAMILY_CONFIGS
 from harness.mote import Intervention
 
-FAMILIES = sorted(FAMILY_CONFIGS)
+FAMILIES = [
+    "afmoe", "aria_text", "axk1", "axk2", "cohere2_moe", "dbrx", "deepseek_v2", "deepseek_v3", "deepseek_v32",
+    "dots1", "ernie4_5_moe", "exaone_moe", "flex_olmo", "gemma4_text", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa",
+    "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared", "hunyuan_v1_moe", "hy_v3",
+    "hy_v4", "inkling_text", "jamba", "kimi_linear", "laguna", "lfm2_moe", "longcat_flash", "mellum",
+    "mimo_v2_flash", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral", "nemotron_h", "olmoe", "phimoe",
+    "qwen2_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen3_next", "qwen4_exp_text", "solar_open",
+]  # fmt: skip
 PROMPT = "What happened in the city last year? Let me think about it step by step."
 SETTINGS = GenerationSettings(max_new_tokens=10, record_routing=True)
 
@@ -124,17 +134,18 @@ def test_the_experts_module_receives_zero_weight_for_dropped_experts(backends, f
     assert hits > 0, "no token was routed to a suppressed expert: nothing was dropped"
 
 
-def test_a_router_that_selects_some_other_way_is_an_error_not_a_silent_no_op(backends):
-    backend = backends("qwen3_moe")  # selects with topk: watching `max` only sees no selection
-    saved = backend.controller.selection_ops
-    backend.controller.selection_ops = ("max",)
-    try:
-        with pytest.raises(RuntimeError, match="did not apply"):
-            _run(backend, [_interventions(backend)["mask"]])
-    finally:
-        backend.controller.selection_ops = saved
-        backend.controller.reset()
-    (result,) = _run(backend, [_interventions(backend)["mask"]])  # the backend is still usable
+def test_a_router_that_selects_some_other_way_is_an_error_not_a_silent_no_op(tiny_model_dir):
+    from harness.backends.hf_discovery import Selection
+    from harness.backends.hf_hooks import RoutingController
+
+    backend = HFBackend(tiny_model_dir("qwen3_moe"))  # selects with topk: watching `max` only sees no selection
+    blocks = backend.controller.blocks
+    backend.controller.remove()
+    backend.controller = RoutingController(blocks, [Selection(b.router, "router", ("max",), False) for b in blocks])
+    with pytest.raises(RuntimeError, match="did not apply"):
+        _run(backend, [_interventions(backend)["mask"]])
+    backend.controller.reset()
+    (result,) = _run(backend, [_interventions(backend)["drop"]])  # the backend is still usable
     assert result.routing is not None
 
 
@@ -202,9 +213,12 @@ def test_rows_of_different_lengths_are_routed_without_padding(backends):
         assert np.array_equal(row.routing.topk_ids, solo.routing.topk_ids)
 
 
-def test_unknown_architecture_error_lists_supported_families():
-    from harness.backends.hf_adapters import adapter_for
+def test_a_dense_model_is_refused_before_loading(tmp_path):
+    from transformers import AutoConfig
+
+    from harness.backends.hf_discovery import inspect_model
     from harness.common.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match=r"supported: .*deepseek_v3.*mixtral.*qwen3_moe"):
-        adapter_for("llama")
+    AutoConfig.for_model("llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="no routed-experts module"):
+        inspect_model(tmp_path)  # a config alone: had it tried to load weights, it would fail differently

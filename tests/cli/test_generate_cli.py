@@ -65,7 +65,7 @@ def test_generate_writes_generations_and_routing_records_that_honour_the_interve
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["drop", "mask", "stimulate"])
 def test_generate_honours_each_intervention_on_every_family(tiny_model_dir, files, tmp_path, family, kind):
-    from harness.backends.hf_adapters import inspect_model
+    from harness.backends.hf_discovery import inspect_model
 
     model = tiny_model_dir(family)
     first, last = inspect_model(model).moe_layers[0], inspect_model(model).moe_layers[-1]

@@ -30,7 +30,7 @@ def model_dir(tiny_model_dir) -> Path:
 @pytest.fixture(scope="module")
 def suppression(model_dir, tmp_path_factory) -> Path:
     """Suppress (drop) two of the experts every layer routes most tokens to: the prompts' tokens use them."""
-    from harness.backends.hf_adapters import inspect_model
+    from harness.backends.hf_discovery import inspect_model
 
     spec = inspect_model(model_dir)
     experts = {layer: [0, 1] for layer in spec.moe_layers}

@@ -31,7 +31,7 @@ def test_forcing_experts_in_more_groups_than_a_token_can_route_to_is_refused():
 
 
 def test_the_tiny_grouped_families_report_their_groups(tiny_model_dir):
-    from harness.backends.hf_adapters import inspect_model
+    from harness.backends.hf_discovery import inspect_model
 
     assert inspect_model(tiny_model_dir("deepseek_v3")).groups == (4, 2)
     assert inspect_model(tiny_model_dir("qwen3_moe")).groups is None

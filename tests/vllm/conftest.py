@@ -1,7 +1,8 @@
 """Shared vLLM engines (one per family per session: a load costs ~20-50 s on CPU) and tiny models.
 
 DeepSeek-V3 needs a vLLM-specific tiny variant (DESIGN.md section 3): MLA dims with
-kv_lora_rank + qk_rope_head_dim = 576, `topk_method: noaux_tc`, `scoring_func: sigmoid`, and bf16.
+kv_lora_rank + qk_rope_head_dim = 576, `topk_method: noaux_tc`, `scoring_func: sigmoid`, and bf16
+(`harness.models.tiny.vllm_cpu_overrides`).
 """
 
 from __future__ import annotations
@@ -14,44 +15,15 @@ from typing import Any
 import pytest
 from marks import missing_required_vllm, skip_without_vllm
 
+from harness.models.tiny import save_tiny_model
+
 REPO = Path(__file__).resolve().parents[2]
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DSV3_FOR_VLLM: dict[str, Any] = {
-    "kv_lora_rank": 512,
-    "qk_rope_head_dim": 64,
-    "head_dim": 64,  # HF's rotary embedding reads head_dim: it must equal qk_rope_head_dim
-    "topk_method": "noaux_tc",
-    "scoring_func": "sigmoid",
-}
 DTYPES = {"deepseek_v3": "bfloat16"}
-
-
-def save_deepseek_v3_for_vllm(out: Path) -> Path:
-    """harness.models.tiny.save_tiny_model('deepseek_v3') with the dims the vLLM CPU MLA kernel takes."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from harness.models import tiny
-    from harness.models.tokenizer import DEFAULT_CORPUS, save_tokenizer, train_tokenizer
-
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer([DEFAULT_CORPUS] * 4, vocab_size=384)
-    kwargs = {**tiny._COMMON, **tiny.FAMILY_CONFIGS["deepseek_v3"], **DSV3_FOR_VLLM}
-    config = AutoConfig.for_model("deepseek_v3", **kwargs, vocab_size=len(tokenizer))
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tiny._sharpen_routers(model, 0)
-    for target in (model.config, model.generation_config):
-        target.pad_token_id = tokenizer.pad_token_id
-        target.eos_token_id = tokenizer.eos_token_id
-        target.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(str(out))
-    save_tokenizer(tokenizer, out)
-    return out
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -68,8 +40,8 @@ def vllm_model_dir(tiny_model_dir, tmp_path_factory) -> Callable[[str], Path]:
 
     def make(family: str) -> Path:
         if family not in built:
-            if family == "deepseek_v3":
-                built[family] = save_deepseek_v3_for_vllm(tmp_path_factory.mktemp("deepseek_v3_vllm"))
+            if family == "deepseek_v3":  # MLA dims and routing keys the CPU kernel takes (harness.models.tiny)
+                built[family] = save_tiny_model(family, tmp_path_factory.mktemp("deepseek_v3_vllm"), for_vllm=True)
             else:
                 built[family] = tiny_model_dir(family)
         return built[family]
