@@ -7,8 +7,9 @@ every internal name the hooks use (failing loudly if one moved), then wraps
 token belongs to, and `MoERunner.__init__` so each router's output passes through the MoTE route
 hook (route_hook.py: an opaque op where torch.compile traces the router, so it runs every step of a
 compiled engine too). What the hook does is installed lazily, per model, on the first step that
-needs it (see runtime.py). Where vLLM admits a request, `InputProcessor.process_inputs` refuses what
-prefix caching would make wrong (prefix_cache.py). `MOTE_VLLM_PLUGIN=off` disables the plugin
+needs it (see runtime.py). Where vLLM admits a request, `InputProcessor.process_inputs` refuses an
+intervention that does not parse or does not fit the model (admission.py) and what prefix caching would
+make wrong (prefix_cache.py). `MOTE_VLLM_PLUGIN=off` disables the plugin
 entirely.
 
 Named RPCs live in `harness.vllm_plugin.worker.MoteWorkerExtension` (pass it as
@@ -39,6 +40,7 @@ def register() -> None:
     _patch_moe_runner_init()
     _patch_compile_cache_key()
     _patch_input_processor()
+    _patch_async_generate()
 
 
 def _wrap_once(owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> None:
@@ -108,21 +110,44 @@ def _patch_moe_runner_init() -> None:
 
 
 def _patch_input_processor() -> None:
-    """Requests that prefix caching would make wrong (recorded, or intervened without a salt) are refused
-    where vLLM admits them (prefix_cache.py)."""
+    """Requests with an intervention the worker could not apply (admission.py), and requests that prefix
+    caching would make wrong (recorded, or intervened without a salt, prefix_cache.py), are refused where
+    vLLM admits them: HTTP 400, the engine keeps running."""
     from vllm.v1.engine.input_processor import InputProcessor
 
     def make(original: Any) -> Callable[..., Any]:
         def process_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+            from harness.vllm_plugin.admission import check_request_args
             from harness.vllm_plugin.prefix_cache import check_admitted_request
 
             request = original(self, *args, **kwargs)
+            check_request_args(self, request)
             check_admitted_request(self.cache_config, request)
             return request
 
         return process_inputs
 
     _wrap_once(InputProcessor, "process_inputs", make)
+
+
+def _patch_async_generate() -> None:
+    """The served API (AsyncLLM) runs the admission checks when it creates a request: `generate` is an
+    async generator that reaches `process_inputs` only when a stream is first read, after the HTTP 200
+    has gone out, so a bad streamed request would get an error event instead of a 400 (admission.py)."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    def make(original: Any) -> Callable[..., Any]:
+        def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+            from harness.vllm_plugin.admission import check_before_generate
+
+            prompt = kwargs.get("prompt", args[0] if args else None)
+            params = kwargs.get("sampling_params", args[1] if len(args) > 1 else None)
+            check_before_generate(self.input_processor, prompt, params)
+            return original(self, *args, **kwargs)
+
+        return generate
+
+    _wrap_once(AsyncLLM, "generate", make)
 
 
 # Bump when what the plugin puts into a compiled graph changes.

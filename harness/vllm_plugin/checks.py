@@ -72,6 +72,12 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         "wrapped per layer when it is built: logical top-k ids before expert-parallel / EPLB remapping",
     ),
     HookPoint(
+        "vllm.v1.engine.async_llm",
+        "AsyncLLM.generate",
+        "wrapped: the served API checks a request's MoTE arguments when it is created, before a stream "
+        "starts, so a bad one is an HTTP 400 and not an error event inside a 200 stream",
+    ),
+    HookPoint(
         "vllm.v1.engine.input_processor",
         "InputProcessor.process_inputs",
         "wrapped: with prefix caching on, recorded requests and unsalted interventions are refused at admission",

@@ -542,6 +542,19 @@ class MoteRuntime:
             step.capture_weights[:, hook.column].copy_(weights)
         return weights, ids
 
+    def held(self) -> dict[str, int | bool]:
+        """Sizes of what this runtime keeps between steps (mote_status' `held`): per-key records until
+        fetched (capped), and caches bounded by _CACHE_SIZE; nothing per request beyond those."""
+        return {
+            "records": len(self.records),
+            "dropped_keys": len(self.dropped),
+            "parsed_interventions": len(self._parsed),
+            "tables": len(self._tables),
+            "plans": len(self._plans),
+            "cache_limit": _CACHE_SIZE,
+            "step_open": self.step is not None,
+        }
+
     # -- records ---------------------------------------------------------------------------------
     def take(self, key: str) -> tuple[WorkerRecord | None, int]:
         """(the record of `key`, its request's prompt length), removed from the worker; (None, 0) if no

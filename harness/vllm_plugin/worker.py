@@ -45,6 +45,10 @@ class MoteWorkerExtension:
             "global_intervention": runtime.global_intervention.fingerprint(),
             "record_all": runtime.record_all,
             "pending_records": sorted(runtime.records),
+            # what the worker holds between steps (read-only; this rank's): records not fetched yet, keys
+            # the cap dropped (their fetch says so), the bounded caches of parsed interventions / tables /
+            # step plans, and whether a step is open (only inside a forward)
+            "held": runtime.held(),
             "selection_edits": {str(layer): hook.math_error or "ok" for layer, hook in runtime.layers.items()},
         }
 
