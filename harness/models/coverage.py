@@ -242,7 +242,8 @@ def vllm_table_markdown(results: Sequence[FamilyResult], vllm_version: str) -> s
     lines = [
         f"vLLM {vllm_version} (CPU build), on the families the transformers backend supports: {counts['supported']} "
         f"supported, {counts['unavailable']} that this vLLM build cannot load (the reason is vLLM's), "
-        f"{counts['refused']} that vLLM does not have, {counts['failed']} failed. One engine per family runs "
+        f"{counts['refused']} refused (vLLM has no such architecture, or the MoTE plugin refuses it, with the "
+        f"reason), {counts['failed']} failed. One engine per family runs "
         "none, drop, mask and stimulate as per-request interventions in one batch with recording; parity = "
         "share of prompt and generated token x layer top-k sets equal to the transformers backend's, no "
         "intervention, same dtype (bf16 where vLLM-CPU's MLA kernel needs it: near-tie flips are expected). "
@@ -310,11 +311,18 @@ def check_family_vllm(family: str, work: Path, archs: set[str]) -> FamilyResult:
     try:
         with _stderr_to(log):  # the engine's processes inherit it: their root cause lands there
             _vllm_checks(family, work / f"{family}-vllm", result)
-    except Exception as err:  # the engine could not load the model on this build: not a hook failure
-        result.status = "unavailable"
-        result.reason = f"vLLM could not run it: {_root_cause(log) or f'{type(err).__name__}: {err}'}"[:240]
+    except Exception as err:  # the engine could not load the model on this build, or the plugin refused it
+        result.status, result.reason = engine_failure(_root_cause(log) or f"{type(err).__name__}: {err}")
     result.seconds = round(time.monotonic() - start, 1)
     return result
+
+
+def engine_failure(cause: str) -> tuple[str, str]:
+    """(status, reason) of an engine that did not run the family: refused when the MoTE plugin said no
+    (with its reason), unavailable when vLLM itself could not load the model."""
+    if cause.startswith("MoteVLLMError: "):
+        return "refused", f"the MoTE plugin refuses it: {cause.removeprefix('MoteVLLMError: ')}"[:240]
+    return "unavailable", f"vLLM could not run it: {cause}"[:240]
 
 
 @contextlib.contextmanager
