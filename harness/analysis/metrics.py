@@ -205,21 +205,28 @@ def _random_group_rows(
         for metric, estimates in (("relative_reduction", seed_reductions), (f"{what}_rate", seed_rates)):
             vals = [e.value for e in estimates if np.isfinite(e.value)]
             if vals:
-                low, high = np.percentile(vals, [2.5, 97.5])
-                rows.append(
-                    MetricRow(
-                        task=task,
-                        condition=group,
-                        metric=metric,
-                        value=float(np.mean(vals)),
-                        ci_low=float(low),
-                        ci_high=float(high),
-                        n=len(vals),
-                        unscored=sum(e.unscored for e in estimates),  # samples, summed over the seeds
-                        note=f"mean over {len(vals)} matched random seeds; interval = 2.5-97.5 percentile of seeds",
-                    )
-                )
+                note = f"mean over {len(vals)} matched random seeds; interval = 2.5-97.5 percentile of seeds"
+                unscored = sum(e.unscored for e in estimates)  # samples, summed over the seeds
+                rows.append(_seed_mean_row(task, group, metric, vals, note, unscored))
     return rows
+
+
+def _seed_mean_row(
+    task: str, group: str, metric: str, vals: Sequence[float], note: str, unscored: int = 0
+) -> MetricRow:
+    """A random group's row: the mean of its seeds' values, with their 2.5-97.5 percentile band."""
+    low, high = np.percentile(vals, [2.5, 97.5])
+    return MetricRow(
+        task=task,
+        condition=group,
+        metric=metric,
+        value=float(np.mean(vals)),
+        ci_low=float(low),
+        ci_high=float(high),
+        n=len(vals),
+        unscored=unscored,
+        note=note,
+    )
 
 
 def _targeted_vs_random_rows(
@@ -279,19 +286,7 @@ def language_rows(
             if cond.random_group is not None and np.isfinite(switch.value):
                 switch_by_group.setdefault(cond.random_group, []).append(switch.value)
     for group, vals in switch_by_group.items():
-        low, high = np.percentile(vals, [2.5, 97.5])
-        rows.append(
-            MetricRow(
-                task=task,
-                condition=group,
-                metric="switch_rate",
-                value=float(np.mean(vals)),
-                ci_low=float(low),
-                ci_high=float(high),
-                n=len(vals),
-                note=f"mean over {len(vals)} matched random seeds",
-            )
-        )
+        rows.append(_seed_mean_row(task, group, "switch_rate", vals, f"mean over {len(vals)} matched random seeds"))
     return rows
 
 
@@ -311,19 +306,7 @@ def qa_rows(
         if cond.random_group is not None and np.isfinite(est.value):
             by_group.setdefault(cond.random_group, []).append(est.value)
     for group, vals in by_group.items():
-        low, high = np.percentile(vals, [2.5, 97.5])
-        rows.append(
-            MetricRow(
-                task=task,
-                condition=group,
-                metric="accuracy",
-                value=float(np.mean(vals)),
-                ci_low=float(low),
-                ci_high=float(high),
-                n=len(vals),
-                note=f"mean over {len(vals)} matched random seeds",
-            )
-        )
+        rows.append(_seed_mean_row(task, group, "accuracy", vals, f"mean over {len(vals)} matched random seeds"))
     return rows
 
 
