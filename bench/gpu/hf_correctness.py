@@ -19,6 +19,7 @@ import torch
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
 from harness.backends.hf import HFBackend
 from harness.backends.hf_hooks import _experts_arg_names
+from harness.models.coverage import interventions_for
 from harness.mote import Intervention
 
 
@@ -32,14 +33,8 @@ class Check:
 
 
 def interventions(backend: HFBackend) -> dict[str, Intervention]:
-    """The interventions every condition and check uses: first and last MoE layer, as in the tests."""
-    first, last = backend.spec.moe_layers[0], backend.spec.moe_layers[-1]
-    targets = {first: [0, 1], last: [2]}
-    return {
-        "drop": Intervention.suppress(targets, mode="drop"),
-        "mask": Intervention.suppress(targets, mode="mask"),
-        "stimulate": Intervention.stimulate({first: [3], last: [4]}),
-    }
+    """The interventions every condition and check uses: the family coverage's (first and last MoE layer)."""
+    return interventions_for(backend.spec)
 
 
 def stock_generate(stock: Any, tokenizer: Any, texts: Sequence[str], new_tokens: int) -> torch.Tensor:
