@@ -1,30 +1,40 @@
-"""Throughput of the MoTE vLLM path against stock vLLM (not a test).
+"""Throughput of the MoTE vLLM path against stock vLLM, in one run (not a test).
 
-    python bench/vllm_bench.py [--model DIR] [--prompts 16] [--max-tokens 64] [--stock-mode compiled]
-                               [--mote-mode compiled]
+    python bench/vllm_bench.py [--model DIR] [--sizes 16x64,16x256,64x64,64x256] [--rounds 10]
+                               [--sweep-prompts 32,128] [--sweep-max-num-seqs 256,1024]
+    python bench/vllm_bench.py --prompts 32 --max-tokens 64 --repeats 4     (one size)
+    python bench/vllm_bench.py --table results/bench/vllm_<time>.json       (markdown of a run)
+    python bench/vllm_bench.py --table docs/bench/vllm_cpu.json --write-docs (into README, docs/vllm.md)
 
-One run, same model and prompts, generated tokens/s of:
-  stock         vLLM in its default configuration (compiled; CUDA graphs on GPU), MoTE plugin off;
-  mote_none     the MoTE engine (compiled by default: torch.compile with the MoE layer in vLLM's
-                opaque moe_forward op, on GPU piecewise CUDA graphs split at that op; --mote-mode
-                eager for enforce_eager), no intervention;
-  intervention  every request under one suppress/mask intervention;
-  recording     every request recorded (per-token top-k fetched back);
-  sweep_batch   12 conditions (baseline + targeted + 10 random) x prompts as ONE batch of
-                per-request interventions;
-  sweep_passes  the same 12 conditions as 12 passes.
-Both engines stay loaded and the timed runs of stock / mote_none / intervention / recording
-alternate, round after round (--repeats), so load from other jobs on a shared machine hits each
-alike; the best run of each is compared (medians are reported too).
-Writes results/bench/vllm_<utc time>.json with the machine, versions and the ratios
-(goals: intervention >= 0.97x stock, recording >= 0.90x stock, sweep_batch >= 3x sweep_passes).
-Without --model a tiny random Qwen3-MoE is built (numbers then measure overheads, not kernels).
+Two engines stay loaded, built with the same arguments (prefix caching off in both: the MoTE engine
+needs it off to record, and the same setting keeps the comparison about the plugin alone;
+`--stock-prefix-caching` gives stock vLLM's default instead):
+  stock         vLLM with the MoTE plugin off in every engine process;
+  mote_none     the MoTE engine (compiled by default), no request carrying an intervention or a record;
+  intervention  every request under one mask-mode suppression;
+  recording     every request recorded, its per-token record fetched inside the timed window;
+  counts_host   every request recorded per token and fetched as count maps (`mote_counts`: counted
+                on the host, the path before device-side counts);
+  counts_device every request counted on the device (`mote_count`) and fetched with `mote_counts`.
+Each round runs every size's four conditions back to back (order alternating round by round, so load
+from other jobs hits each alike) on prompts no earlier round used (nothing a prefix cache could
+reuse). Per size, the within-round ratios to stock are reported as median and range over rounds.
+
+The sweep: 12 conditions (baseline, targeted, 10 random) x N prompts as ONE batch of per-request
+interventions against 12 passes of N prompts, per `--sweep-max-num-seqs` (the engine's sequence limit:
+one batch of 12 x N requests runs in ceil(12 N / limit) waves), median and range over rounds.
+
+Writes results/bench/vllm_<utc time>.json (schema 2) with the machine, versions, settings, every
+timed run, the ratios and the goals (idle >= 0.99x stock, intervention >= 0.97x, recording >= 0.95x,
+sweep >= 3x). Without --model a tiny random Qwen3-MoE is built (numbers then measure overheads, not
+kernels: the worst case for a per-step cost).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -42,234 +52,393 @@ PROMPTS = [
     "Let me think about it step by step. The answer is",
     "The weather was fine and people went to work.",
 ]
+CONDITIONS = ["stock", "mote_none", "intervention", "recording", "counts_host", "counts_device"]
+RATIOS = {
+    "idle": "mote_none",
+    "intervention": "intervention",
+    "recording": "recording",
+    "counts_host": "counts_host",
+    "counts_device": "counts_device",
+}
+GOALS = {"idle": 0.99, "intervention": 0.97, "recording": 0.95, "counts_device": 0.95, "sweep_speedup": 3.0}
+SWEEP_CONDITIONS = 12
+# an idle engine busy-polls for 1 s after its last message (vllm shm_broadcast busy_loop_s): each
+# switch of engine waits that out, so the other engine's poller does not share the cores
+ENGINE_SWITCH_S = 1.2
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="local model folder (default: a tiny random qwen3_moe)")
-    p.add_argument("--prompts", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--sizes", default="16x64,16x256,64x64,64x256", help="PROMPTSxTOKENS,... timed each round")
+    p.add_argument("--prompts", type=int, help="one size: this many prompts (with --max-tokens; overrides --sizes)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per request with --prompts")
+    p.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=10, help="timed rounds")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-model-len", type=int, default=512)
     p.add_argument("--stock-mode", choices=("compiled", "eager"), default="compiled")
     p.add_argument("--mote-mode", choices=("compiled", "eager"), default="compiled")
-    p.add_argument(
-        "--stock-no-prefix-caching",
-        action="store_true",
-        help="stock without prefix caching, like the MoTE engine (default: stock's own default, on)",
-    )
-    p.add_argument("--repeats", type=int, default=10, help="timed rounds over all conditions (best is kept)")
+    p.add_argument("--stock-prefix-caching", action="store_true", help="stock with vLLM's default (on)")
+    p.add_argument("--stock-no-prefix-caching", action="store_true", help=argparse.SUPPRESS)  # the default now
+    p.add_argument("--sweep-prompts", default="32,128", help="prompts per condition in the sweep ('' = no sweep)")
+    p.add_argument("--sweep-max-num-seqs", default="256,1024", help="engine sequence limits the sweep runs under")
+    p.add_argument("--sweep-tokens", type=int, default=64)
+    p.add_argument("--sweep-rounds", type=int, default=3)
     p.add_argument("--out", type=Path, default=REPO / "results" / "bench")
-    return p.parse_args()
+    p.add_argument("--table", type=Path, help="print the markdown tables of this result JSON and exit")
+    p.add_argument("--write-docs", action="store_true", help="with --table: write them into README.md, docs/vllm.md")
+    args = p.parse_args(argv)
+    if args.prompts is not None:
+        args.sizes = f"{args.prompts}x{args.max_tokens}"
+    args.size_list = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    args.sweep_prompt_list = [int(s) for s in args.sweep_prompts.split(",") if s.strip()]
+    args.sweep_seq_list = [int(s) for s in args.sweep_max_num_seqs.split(",") if s.strip()]
+    return args
 
 
-def timed(llm: Any, prompts: list[Any], params: list[Any], repeats: int) -> dict[str, float]:
-    best = float("inf")
-    tokens = 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-        elapsed = time.perf_counter() - start
-        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-        best = min(best, elapsed)
-    return {"seconds": best, "tokens": tokens, "tokens_per_s": tokens / best}
+def parse_size(text: str) -> tuple[int, int]:
+    prompts, _, tokens = text.strip().partition("x")
+    if not (prompts.isdigit() and tokens.isdigit()):
+        raise SystemExit(f"--sizes: {text!r} is not PROMPTSxTOKENS (e.g. 16x64)")
+    return int(prompts), int(tokens)
 
 
-PAIRS = [
-    ("intervention", "stock"),
-    ("recording", "stock"),
-    ("mote_none", "stock"),
-    ("intervention", "mote_none"),
-    ("recording", "mote_none"),
-]
-
-
-def paired(base: list[float], other: list[float]) -> float:
-    """Median over rounds of base seconds / other seconds (same token count): throughput ratio."""
-    return statistics.median(b / o for b, o in zip(base, other, strict=True))
-
-
-def summary(times: list[float], tokens: int) -> dict[str, Any]:
-    """Best (the run least disturbed by other jobs) and median of the timed runs."""
-    best = min(times)
-    median = statistics.median(times)
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median and range of per-round values."""
     return {
-        "seconds": best,
-        "tokens": tokens,
-        "tokens_per_s": tokens / best,
-        "median_tokens_per_s": tokens / median,
-        "runs_s": [round(t, 4) for t in times],
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "rounds": len(values),
     }
 
 
-def main() -> int:
-    args = parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+def size_summary(prompts: int, max_tokens: int, runs: dict[str, list[float]], tokens: dict[str, int]) -> dict[str, Any]:
+    """Per-round throughput ratios to stock (same prompts count and tokens, so a ratio of seconds)."""
+    ratios = {
+        name: spread([s / c for s, c in zip(runs["stock"], runs[cond], strict=True)]) for name, cond in RATIOS.items()
+    }
+    # recording on vs off on the same engine (issue 14's measure): counted on the device vs idle
+    ratios["counts_device_vs_idle"] = spread(
+        [i / c for i, c in zip(runs["mote_none"], runs["counts_device"], strict=True)]
+    )
+    return {
+        "prompts": prompts,
+        "max_tokens": max_tokens,
+        "tokens": tokens,
+        "median_tokens_per_s": {c: round(tokens[c] / statistics.median(runs[c]), 1) for c in CONDITIONS},
+        "runs_s": {c: [round(t, 4) for t in runs[c]] for c in CONDITIONS},
+        "ratios_vs_stock": ratios,
+        "goals_met": {name: ratios[name]["median"] >= goal for name, goal in GOALS.items() if name in ratios},
+    }
 
-    from harness.backends.vllm import shutdown_engine
-    from harness.mote import Intervention, random_intervention_like
-    from harness.vllm_plugin import WORKER_EXTENSION
+
+class Bench:
+    """The two engines, the prompts and the timed runs."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        self.args = args
+        model = args.model
+        if model is None:
+            from harness.models.tiny import save_tiny_model
+
+            model = save_tiny_model("qwen3_moe", Path(tempfile.mkdtemp(prefix="mote-bench-")))
+        self.model = model
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+        self.common = {"model": str(model), "dtype": args.dtype, "max_model_len": args.max_model_len, "seed": 0}
+        self.timings: dict[str, float] = {}
+        self.current: str | None = None
+
+    def prompts(self, n: int, tag: str) -> list[Any]:
+        """n chat prompts that start with `tag` (a round's prompts share no cached prefix with another's)."""
+        from vllm.inputs import TokensPrompt
+
+        out = []
+        for i in range(n):
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"[{tag}.{i}] {PROMPTS[i % len(PROMPTS)]}"}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            out.append(TokensPrompt(prompt_token_ids=ids))
+        return out
+
+    def params(self, max_tokens: int, extra: dict[str, Any] | None = None) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, extra_args=extra)
+
+    def load(self, name: str, plugin: bool, **engine_args: Any) -> Any:
+        from vllm import LLM
+
+        from harness.vllm_plugin import WORKER_EXTENSION
+
+        if not plugin:
+            os.environ["MOTE_VLLM_PLUGIN"] = "off"  # read in every engine process at plugin registration
+        start = time.perf_counter()
+        try:
+            extension = {"worker_extension_cls": WORKER_EXTENSION} if plugin else {}
+            llm = LLM(**self.common, **extension, **engine_args)
+        finally:
+            os.environ.pop("MOTE_VLLM_PLUGIN", None)
+        self.timings[f"{name}_load_s"] = round(time.perf_counter() - start, 2)
+        return llm
+
+    def switch_to(self, engine: str) -> None:
+        if engine != self.current:
+            time.sleep(ENGINE_SWITCH_S)
+            self.current = engine
+
+
+def mote_engine_args(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     from harness.vllm_plugin.compiled import safe_compilation_config
-    from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS
+
+    engine: dict[str, Any] = {"enforce_eager": args.mote_mode == "eager", "enable_prefix_caching": False}
+    if args.mote_mode == "compiled" and safe_compilation_config():
+        engine["compilation_config"] = safe_compilation_config()
+    return {**engine, **extra}
+
+
+def engine_layout(llm: Any) -> tuple[list[int], int, bool]:
+    """(MoE layers, experts per layer, compiled) of a MoTE engine; exits if it refuses interventions."""
+    from harness.vllm_plugin.protocol import RPC_STATUS
     from harness.vllm_plugin.ranks import merge_status
 
-    model = args.model
-    if model is None:
-        from harness.models.tiny import save_tiny_model
-
-        model = save_tiny_model("qwen3_moe", Path(tempfile.mkdtemp(prefix="mote-bench-")))
-    tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)] + f" ({i})"}],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        for i in range(args.prompts)
-    ]
-    prompts = [TokensPrompt(prompt_token_ids=tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-
-    def params(extra: dict[str, Any] | None = None) -> Any:
-        return SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True, extra_args=extra)
-
-    common = {"model": str(model), "dtype": args.dtype, "max_model_len": args.max_model_len, "seed": 0}
-    results: dict[str, Any] = {}
-    timings: dict[str, float] = {}
-
-    # both engines stay loaded and the timed runs alternate between them, so a change in the load of
-    # a shared machine hits every condition alike. An idle engine busy-polls for 1 s after its last
-    # message (vllm shm_broadcast busy_loop_s), so each switch of engine waits that out first.
-    # 1. stock vLLM, default configuration, MoTE plugin off in every engine process
-    os.environ["MOTE_VLLM_PLUGIN"] = "off"
-    start = time.perf_counter()
-    stock_args: dict[str, Any] = {"enforce_eager": args.stock_mode == "eager"}
-    if args.stock_no_prefix_caching:
-        stock_args["enable_prefix_caching"] = False
-    stock = LLM(**common, **stock_args)
-    timings["stock_load_s"] = time.perf_counter() - start
-    os.environ.pop("MOTE_VLLM_PLUGIN")
-
-    # 2. the MoTE engine
-    start = time.perf_counter()
-    mote_args: dict[str, Any] = {"enforce_eager": args.mote_mode == "eager"}
-    if args.mote_mode == "compiled" and safe_compilation_config():
-        mote_args["compilation_config"] = safe_compilation_config()
-    llm = LLM(**common, **mote_args, enable_prefix_caching=False, worker_extension_cls=WORKER_EXTENSION)
-    timings["mote_load_s"] = time.perf_counter() - start
     status = merge_status(llm.collective_rpc(RPC_STATUS))
     if status["hook_problem"] is not None:
         raise SystemExit(f"the MoTE engine refuses interventions: {status['hook_problem']}")
     layers = sorted(int(k) for k in status["moe_layers"])
-    n_experts = int(status["moe_layers"][str(layers[0])])
+    return layers, int(status["moe_layers"][str(layers[0])]), bool(status["compiled"])
+
+
+def conditions_for(layers: list[int], n_experts: int) -> list[Any]:
+    """Baseline, a targeted mask-mode suppression, and 10 random ones like it."""
+    from harness.mote import Intervention, random_intervention_like
+
     targeted = Intervention.suppress({layers[0]: [0, 1], layers[-1]: [2]}, mode="mask")
-    conditions = [Intervention.none(), targeted] + [
-        random_intervention_like(targeted, seed=s, n_experts={lay: n_experts for lay in layers}) for s in range(10)
-    ]
+    sizes = {layer: n_experts for layer in layers}
+    randoms = [random_intervention_like(targeted, seed=s, n_experts=sizes) for s in range(SWEEP_CONDITIONS - 2)]
+    return [Intervention.none(), targeted, *randoms]
+
+
+def time_sizes(bench: Bench, stock: Any, llm: Any, targeted: Any) -> list[dict[str, Any]]:
+    """Every size's four conditions, round after round; per size the ratios over rounds."""
+    from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, RECORD_KEY, RPC_COUNTS, RPC_FETCH
+
+    args = bench.args
     mote = {INTERVENTION_KEY: targeted.to_json()}
 
-    def run(name: str, repeat: int) -> tuple[float, int]:
-        engine = stock if name == "stock" else llm
-        keys = [f"bench-{repeat}-{i}" for i in range(len(prompts))]
-        if name == "recording":
-            batch = [params({RECORD_KEY: k}) for k in keys]
-        elif name == "intervention":
-            batch = [params(mote)] * len(prompts)
+    def run(name: str, prompts: list[Any], max_tokens: int, tag: str) -> tuple[float, int]:
+        n = len(prompts)
+        keys = [f"bench-{tag}-{i}" for i in range(n)]
+        if name in ("recording", "counts_host", "counts_device"):
+            key_arg = COUNT_KEY if name == "counts_device" else RECORD_KEY
+            batch = [bench.params(max_tokens, {key_arg: k}) for k in keys]
         else:
-            batch = [params()] * len(prompts)
+            batch = [bench.params(max_tokens, mote if name == "intervention" else None)] * n
+        engine = stock if name == "stock" else llm
+        bench.switch_to("stock" if name == "stock" else "mote")
         start = time.perf_counter()
         outputs = engine.generate(prompts, batch, use_tqdm=False)
-        if name == "recording":
-            fetched = llm.collective_rpc(RPC_FETCH, args=(json.dumps(keys),))[0]
-            assert all(fetched[k] is not None for k in keys), "recording returned no record"
-        elapsed = time.perf_counter() - start
-        return elapsed, sum(len(o.outputs[0].token_ids) for o in outputs)
+        if name in ("recording", "counts_host", "counts_device"):
+            rpc = RPC_FETCH if name == "recording" else RPC_COUNTS
+            fetched = llm.collective_rpc(rpc, args=(json.dumps(keys),))[0]
+            if any(fetched.get(k) is None for k in keys):
+                raise SystemExit(f"{name}: no record / counts came back for some requests")
+        return time.perf_counter() - start, sum(len(o.outputs[0].token_ids) for o in outputs)
 
-    names = ["stock", "mote_none", "intervention", "recording"]
-    runs: dict[str, list[float]] = {name: [] for name in names}
-    tokens: dict[str, int] = {}
-    current = None
-    for repeat in range(-1, args.repeats):  # repeat -1: warm-up
-        for name in names if repeat % 2 == 0 else names[::-1]:  # alternate the order: no condition always first
-            engine = "stock" if name == "stock" else "mote"
-            if engine != current:
-                time.sleep(1.2)
-                current = engine
-            elapsed, tokens[name] = run(name, repeat)
-            if repeat >= 0:
-                runs[name].append(elapsed)
-    for name in names:
-        results[name] = summary(runs[name], tokens[name])
-    shutdown_engine(stock)
-    time.sleep(1.2)
+    runs: dict[tuple[int, int], dict[str, list[float]]] = {size: {c: [] for c in CONDITIONS} for size in args.size_list}
+    tokens: dict[tuple[int, int], dict[str, int]] = {size: {} for size in args.size_list}
+    for round_ in range(-1, args.rounds):  # round -1: warm-up, not kept
+        order = CONDITIONS if round_ % 2 == 0 else CONDITIONS[::-1]
+        for n, max_tokens in args.size_list:
+            for name in order:
+                tag = f"{round_}-{n}x{max_tokens}-{name}"
+                elapsed, count = run(name, bench.prompts(n, tag), max_tokens, tag)
+                if round_ >= 0:
+                    runs[(n, max_tokens)][name].append(elapsed)
+                    tokens[(n, max_tokens)][name] = count
+        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+    return [size_summary(n, t, runs[(n, t)], tokens[(n, t)]) for n, t in args.size_list]
 
-    sweep_params = [params(None if c.is_none else {INTERVENTION_KEY: c.to_json()}) for c in conditions]
-    batch_prompts = [p for _ in conditions for p in prompts]
-    batch_params = [sp for sp in sweep_params for _ in prompts]
-    results["sweep_batch"] = timed(llm, batch_prompts, batch_params, 1)
+
+def time_sweep(bench: Bench, llm: Any, conditions: list[Any], max_num_seqs: int) -> list[dict[str, Any]]:
+    """One batch of 12 conditions x N prompts against 12 passes, per N, over rounds."""
+    from harness.vllm_plugin.protocol import INTERVENTION_KEY
+
+    args = bench.args
+    out = []
+    for n in args.sweep_prompt_list:
+        per_condition = [
+            bench.params(args.sweep_tokens, None if c.is_none else {INTERVENTION_KEY: c.to_json()}) for c in conditions
+        ]
+        batch_s: list[float] = []
+        passes_s: list[float] = []
+        for round_ in range(-1, args.sweep_rounds):  # round -1: warm-up, not kept
+            prompts = bench.prompts(n, f"sweep-{max_num_seqs}-{round_}")
+            batch = ([p for _ in conditions for p in prompts], [sp for sp in per_condition for _ in prompts])
+            if round_ % 2 == 0:  # alternate which goes first
+                t_batch, t_passes = timed_call(llm, [batch]), timed_call(llm, passes(prompts, per_condition))
+            else:
+                t_passes, t_batch = timed_call(llm, passes(prompts, per_condition)), timed_call(llm, [batch])
+            if round_ >= 0:
+                batch_s.append(t_batch)
+                passes_s.append(t_passes)
+        requests = len(conditions) * n
+        out.append(
+            {
+                "prompts": n,
+                "conditions": len(conditions),
+                "requests": requests,
+                "max_num_seqs": max_num_seqs,
+                "waves": math.ceil(requests / max_num_seqs),
+                "batch_s": [round(t, 3) for t in batch_s],
+                "passes_s": [round(t, 3) for t in passes_s],
+                "speedup": spread([p / b for p, b in zip(passes_s, batch_s, strict=True)]),
+            }
+        )
+        print(f"sweep {n} prompts, max_num_seqs {max_num_seqs} done", file=sys.stderr)
+    return out
+
+
+def passes(prompts: list[Any], per_condition: list[Any]) -> list[tuple[list[Any], list[Any]]]:
+    return [(prompts, [sp] * len(prompts)) for sp in per_condition]
+
+
+def timed_call(llm: Any, calls: list[tuple[list[Any], list[Any]]]) -> float:
+    """Seconds to run `llm.generate` on each (prompts, params) in turn."""
     start = time.perf_counter()
-    sweep_tokens = 0
-    for sp in sweep_params:
-        outputs = llm.generate(prompts, [sp] * len(prompts), use_tqdm=False)
-        sweep_tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
-    elapsed = time.perf_counter() - start
-    results["sweep_passes"] = {"seconds": elapsed, "tokens": sweep_tokens, "tokens_per_s": sweep_tokens / elapsed}
-    shutdown_engine(llm)
+    for prompts, params in calls:
+        llm.generate(prompts, params, use_tqdm=False)
+    return time.perf_counter() - start
 
-    stock_tps = results["stock"]["tokens_per_s"]
-    ratios = {
-        "intervention_vs_stock": results["intervention"]["tokens_per_s"] / stock_tps,
-        "recording_vs_stock": results["recording"]["tokens_per_s"] / stock_tps,
-        "mote_none_vs_stock": results["mote_none"]["tokens_per_s"] / stock_tps,
-        "intervention_vs_mote_none": results["intervention"]["tokens_per_s"] / results["mote_none"]["tokens_per_s"],
-        "recording_vs_mote_none": results["recording"]["tokens_per_s"] / results["mote_none"]["tokens_per_s"],
-        "sweep_batch_speedup": results["sweep_passes"]["seconds"] / results["sweep_batch"]["seconds"],
-        # the same ratios from median runs (less optimistic when the machine is shared)
-        "median_intervention_vs_stock": results["intervention"]["median_tokens_per_s"]
-        / results["stock"]["median_tokens_per_s"],
-        "median_recording_vs_stock": results["recording"]["median_tokens_per_s"]
-        / results["stock"]["median_tokens_per_s"],
-        # median over rounds of the within-round ratio (each round runs every condition back to back)
-        **{f"paired_{name}_vs_{base}": paired(runs[base], runs[name]) for name, base in PAIRS},
-    }
+
+def machine() -> dict[str, Any]:
     import torch
     import vllm
 
-    report = {
-        "schema_version": 1,
-        "when": datetime.now(timezone.utc).isoformat(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": {"vllm": vllm.__version__, "torch": torch.__version__, "python": sys.version.split()[0]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.table is not None:
+        table = markdown(json.loads(args.table.read_text()))
+        if args.write_docs:
+            for doc in DOCS:
+                doc.write_text(with_block(doc.read_text(), table, doc))
+        print(table)
+        return 0
+    from harness.backends.vllm import shutdown_engine
+
+    bench = Bench(args)
+    # stock: the same engine arguments as the MoTE engine's, plugin off (vLLM's own compilation default)
+    stock_args = {"enforce_eager": args.stock_mode == "eager", "enable_prefix_caching": bool(args.stock_prefix_caching)}
+    stock = bench.load("stock", plugin=False, **stock_args)
+    llm = bench.load("mote", plugin=True, **mote_engine_args(args))
+    layers, n_experts, compiled = engine_layout(llm)
+    conditions = conditions_for(layers, n_experts)
+    sizes = time_sizes(bench, stock, llm, conditions[1])
+    shutdown_engine(stock)
+    sweeps = []
+    default_seqs = int(llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+    for max_num_seqs in args.sweep_seq_list if args.sweep_prompt_list else []:
+        if max_num_seqs == default_seqs:
+            sweeps += time_sweep(bench, llm, conditions, max_num_seqs)
+            continue
+        shutdown_engine(llm)
+        llm = bench.load(f"mote_seqs{max_num_seqs}", plugin=True, **mote_engine_args(args, max_num_seqs=max_num_seqs))
+        sweeps += time_sweep(bench, llm, conditions, max_num_seqs)
+    shutdown_engine(llm)
+    report = {
+        "schema_version": 2,
+        "when": datetime.now(timezone.utc).isoformat(),
+        "machine": machine(),
         "model": str(args.model) if args.model else "tiny random qwen3_moe (harness.models.tiny)",
         "settings": {
-            "prompts": args.prompts,
-            "max_tokens": args.max_tokens,
             "dtype": args.dtype,
             "stock_mode": args.stock_mode,
-            "stock_prefix_caching": not args.stock_no_prefix_caching,
+            "stock_prefix_caching": bool(args.stock_prefix_caching),
             "mote_mode": args.mote_mode,
-            "mote_compiled": bool(status["compiled"]),
-            "conditions": len(conditions),
-            "repeats": args.repeats,
+            "mote_compiled": compiled,
+            "rounds": args.rounds,
+            "default_max_num_seqs": default_seqs,
+            "sweep_tokens": args.sweep_tokens,
+            "sweep_rounds": args.sweep_rounds,
         },
-        "timings": timings,
-        "results": results,
-        "ratios": ratios,
-        "goals": {"intervention_vs_stock": 0.97, "recording_vs_stock": 0.90, "sweep_batch_speedup": 3.0},
+        "timings": bench.timings,
+        "sizes": sizes,
+        "sweep": sweeps,
+        "goals": GOALS,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"vllm_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(ratios, indent=2))
+    print(markdown(report))
     print(f"wrote {path}")
     return 0
+
+
+DOCS = (REPO / "README.md", REPO / "docs" / "vllm.md")
+BLOCK_START, BLOCK_END = "<!-- vllm-bench:start", "<!-- vllm-bench:end -->"
+
+
+def with_block(text: str, table: str, where: Path) -> str:
+    """`text` with the lines between its vllm-bench markers replaced by `table`."""
+    start = text.find(BLOCK_START)
+    end = text.find(BLOCK_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{where}: no '{BLOCK_START} ... -->' / '{BLOCK_END}' markers")
+    head = text.index("\n", start) + 1
+    return text[:head] + table + "\n" + text[end:]
+
+
+def block_of(text: str) -> str:
+    """The table between the vllm-bench markers of `text`."""
+    start = text.find(BLOCK_START)
+    return text[text.index("\n", start) + 1 : text.find(BLOCK_END)].rstrip("\n")
+
+
+def _cell(ratio: dict[str, Any], suffix: str = "x") -> str:
+    return f"{ratio['median']:.2f}{suffix} ({ratio['min']:.2f}-{ratio['max']:.2f})"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README / docs tables of one run: medians over rounds with their range."""
+    lines = [
+        "| prompts x tokens | idle plugin | intervention | recording (per-token) | counts, host | counts, device "
+        "| counts, device / idle | stock tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for size in report["sizes"]:
+        r = size["ratios_vs_stock"]
+        cells = [_cell(r[name]) for name in (*RATIOS, "counts_device_vs_idle")]
+        lines.append(
+            f"| {size['prompts']} x {size['max_tokens']} | {' | '.join(cells)} | "
+            f"{size['median_tokens_per_s']['stock']:.0f} |"
+        )
+    if report.get("sweep"):
+        lines += [
+            "",
+            "| sweep prompts | requests | max_num_seqs | waves | one batch vs 12 passes |",
+            "|---|---|---|---|---|",
+        ]
+        for sweep in report["sweep"]:
+            lines.append(
+                f"| {sweep['prompts']} | {sweep['requests']} | {sweep['max_num_seqs']} | {sweep['waves']} | "
+                f"{_cell(sweep['speedup'])} |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

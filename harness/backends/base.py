@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from harness.mote.intervention import Intervention
-from harness.mote.records import RoutingRecord
+from harness.mote.records import RoutingRecord, SpanCounts
 from harness.mote.spec import ModelSpec
 
 Message = dict[str, str]
@@ -57,6 +57,9 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     record_routing: bool = False
+    # with record_routing: span counts are enough (GenerationResult.span_counts); a backend that can
+    # count on the device (vLLM) then keeps per-token ids there
+    routing_counts_only: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class GenerationResult:
     n_generated_tokens: int
     finish_reason: str  # "stop" (end of turn) or "length"
     routing: RoutingRecord | None = None
+    span_counts: SpanCounts | None = None  # instead of routing, under routing_counts_only
 
 
 class Backend(Protocol):

@@ -29,13 +29,22 @@ import numpy as np
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings, render_prompt
 from harness.backends.vllm_dtype import vllm_dtype
 from harness.mote.intervention import Intervention
-from harness.mote.records import RoutingRecord, Span
+from harness.mote.records import RoutingRecord, Span, SpanCounts
 from harness.mote.spec import ModelSpec
-from harness.mote.think import generated_spans, prompt_opens_think, split_think
+from harness.mote.think import THINK_CLOSE, THINK_OPEN, generated_spans, prompt_opens_think, split_think
 from harness.vllm_plugin import WORKER_EXTENSION, MoteVLLMError
 from harness.vllm_plugin.compiled import safe_compilation_config
-from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
-from harness.vllm_plugin.ranks import merge_fetch, merge_status
+from harness.vllm_plugin.protocol import (
+    COUNT_KEY,
+    INTERVENTION_KEY,
+    RECORD_KEY,
+    RPC_COUNTS,
+    RPC_FETCH,
+    RPC_STATUS,
+    THINK_KEY,
+    WorkerRecord,
+)
+from harness.vllm_plugin.ranks import merge_counts, merge_fetch, merge_keyed, merge_status
 
 
 class VLLMBackend:
@@ -135,6 +144,8 @@ class VLLMBackend:
         stop = self.stop_ids()
         prompts = [self.prompt_text(r) for r in requests]
         keys = [f"{uuid.uuid4().hex}-{r.id}" for r in requests] if settings.record_routing else []
+        # span counts made on the device: needs <think> / </think> as single tokens (the split is on ids)
+        think = think_token_ids(self.tokenizer) if settings.routing_counts_only else None
         inputs: list[Any] = []
         params: list[Any] = []
         for index, (request, text) in enumerate(zip(requests, prompts, strict=True)):
@@ -145,7 +156,10 @@ class VLLMBackend:
                 extra[INTERVENTION_KEY] = request.intervention.to_json()
                 if self.prefix_caching:
                     prompt["cache_salt"] = request.intervention.fingerprint()
-            if keys:
+            if keys and think is not None:
+                extra[COUNT_KEY] = keys[index]
+                extra[THINK_KEY] = {"open": think[0], "close": think[1], "prompt_opens": prompt_opens_think(text)}
+            elif keys:
                 extra[RECORD_KEY] = keys[index]
             inputs.append(prompt)  # a vllm.inputs.TokensPrompt
             params.append(
@@ -159,12 +173,23 @@ class VLLMBackend:
                 )
             )
         outputs = self.llm.generate(inputs, sampling_params=params, use_tqdm=False)
-        records = self.fetch_records(keys) if keys else {}
+        records = self.fetch_records(keys) if keys and think is None else {}
+        counts = self.fetch_counts(keys) if keys and think is not None else {}
         results = []
         for index, (request, text, output) in enumerate(zip(requests, prompts, outputs, strict=True)):
-            worker = records.get(keys[index]) if keys else None
-            results.append(self._result(request, text, output, stop, worker, settings))
+            result = self._result(request, text, output, stop, records.get(keys[index]) if records else None, settings)
+            if counts:
+                result = with_span_counts(result, counts.get(keys[index]))
+            results.append(result)
         return results
+
+    def fetch_counts(self, keys: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Pop the device-side counts of `keys` from every worker, merged over pipeline stages."""
+        answers = self.llm.collective_rpc(RPC_COUNTS, args=(json.dumps(list(keys)),))
+        return {
+            key: merge_counts(per_rank, key, self._spec.moe_layers)
+            for key, per_rank in merge_keyed(answers, keys).items()
+        }
 
     def fetch_records(self, keys: Sequence[str]) -> dict[str, WorkerRecord | None]:
         """Pop the records of `keys` from every worker, merged over pipeline stages (ranks.py)."""
@@ -227,7 +252,7 @@ class VLLMBackend:
         think, answer = split_think(text)
         n_prompt = len(output.prompt_token_ids)
         routing = None
-        if settings.record_routing:
+        if settings.record_routing and (worker is not None or not settings.routing_counts_only):
             if worker is None:
                 raise MoteVLLMError(f"request {request.id}: the engine returned no routing record")
             routing = build_record(self.tokenizer, worker, prompt, n_prompt, tokens[:n_gen], request.id)
@@ -248,6 +273,37 @@ class VLLMBackend:
         llm, self.llm = self.llm, None
         if llm is not None:
             shutdown_engine(llm)
+
+
+def think_token_ids(tokenizer: Any) -> tuple[int, int] | None:
+    """(id of <think>, id of </think>) if each is one token of this tokenizer, else None."""
+    ids = [tokenizer.encode(text, add_special_tokens=False) for text in (THINK_OPEN, THINK_CLOSE)]
+    if any(len(i) != 1 for i in ids):
+        return None
+    return int(ids[0][0]), int(ids[1][0])
+
+
+def with_span_counts(result: GenerationResult, counts: dict[str, Any] | None) -> GenerationResult:
+    """`result` with its device-side span counts; checks they cover the prompt and each token fed back."""
+    from dataclasses import replace
+
+    if counts is None:
+        raise MoteVLLMError(f"request {result.id}: the engine returned no routing counts")
+    fed = max(result.n_generated_tokens - 1, 0)  # the last sampled token is never routed
+    tokens = counts["tokens"]
+    if tokens["prompt"] != result.n_prompt_tokens or tokens["think"] + tokens["answer"] != fed:
+        raise MoteVLLMError(
+            f"request {result.id}: the routing counts cover {tokens} tokens, expected {result.n_prompt_tokens} "
+            f"prompt and {fed} generated (was a prefix served from cache?)"
+        )
+    names = {Span.PROMPT: "prompt", Span.THINK: "think", Span.ANSWER: "answer"}
+    return replace(
+        result,
+        span_counts=SpanCounts(
+            counts={span: np.asarray(counts[name], dtype=np.int64) for span, name in names.items()},
+            tokens={span: int(tokens[name]) for span, name in names.items()},
+        ),
+    )
 
 
 def finish_of(tokens: list[int], stop: list[int], engine_reason: str) -> tuple[int, str]:

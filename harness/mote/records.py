@@ -26,6 +26,15 @@ class Span(IntEnum):
 
 
 @dataclass(frozen=True)
+class SpanCounts:
+    """What fTRI needs of one generation, without per-token ids: per span, token counts [moe_layers,
+    n_experts] and how many tokens were routed (vLLM's device-side counts, or a record's)."""
+
+    counts: dict[Span, np.ndarray]
+    tokens: dict[Span, int]
+
+
+@dataclass(frozen=True)
 class RoutingRecord:
     """Per-token routing of one generation."""
 
@@ -51,6 +60,12 @@ class RoutingRecord:
         """Token counts [moe_layers, n_experts] over one span (or all tokens)."""
         ids = self.topk_ids if span is None else self.topk_ids[self.span == int(span)]
         return count_map(ids, n_experts)
+
+    def span_counts(self, n_experts: int) -> SpanCounts:
+        return SpanCounts(
+            counts={s: self.counts(n_experts, s) for s in Span},
+            tokens={s: int((self.span == int(s)).sum()) for s in Span},
+        )
 
     def counts_by_span(self, n_experts: int) -> dict[str, np.ndarray]:
         return {s.name.lower(): self.counts(n_experts, s) for s in Span}

@@ -109,7 +109,9 @@ def drop_after_topk(
     dropped slot keep their weights bit for bit.
     """
     dropped = drop.gather(1, topk_ids.long())
-    if not bool(dropped.any()):
+    # "nothing dropped" skips the rest on CPU only: on an accelerator the test would wait for the device
+    # (a host sync per layer), which costs more than the few kernels it saves
+    if dropped.device.type == "cpu" and not bool(dropped.any()):
         return topk_weights, dropped
     w = topk_weights.float()
     original_sum = w.sum(dim=-1, keepdim=True)

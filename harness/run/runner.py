@@ -34,7 +34,7 @@ from harness.common.errors import InputError
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, Mode, load_intervention
 from harness.mote.random_baseline import random_intervention_like
-from harness.mote.records import Span
+from harness.mote.records import RoutingRecord, Span, SpanCounts
 from harness.mote.spec import ModelSpec
 from harness.run.judge_set import JudgeSet, cross_check_judge
 from harness.run.run_store import RunStore, label_key, provenance, sample_key
@@ -395,6 +395,7 @@ class Runner:
             top_p=g.top_p,
             seed=g.seed,
             record_routing=record,
+            routing_counts_only=record,  # a run keeps span counts (_save_routing), never per-token ids
         )
 
     def _generate(self, work: Sequence[WorkItem], what: str, record: bool) -> None:
@@ -419,16 +420,16 @@ class Runner:
                 bar.update(len(chunk))
 
     def _save_routing(self, chunk: Sequence[WorkItem], results: Sequence[GenerationResult]) -> None:
-        missing = [r.id for r in results if r.routing is None]
+        missing = [r.id for r in results if r.routing is None and r.span_counts is None]
         if missing:
             raise RuntimeError(f"the {self.backend.name} backend returned no routing record for {missing[:5]}")
-        records = [r.routing for r in results if r.routing is not None]
         n_experts = max(self.spec.n_experts.values())
+        counted = [r.span_counts or span_counts_of(r.routing, n_experts) for r in results]
         arrays: dict[str, Any] = {"ids": np.array([w.prompt.id for w in chunk])}
         for span in Span:
             name = span.name.lower()
-            arrays[f"counts_{name}"] = np.stack([rec.counts(n_experts, span) for rec in records])
-            arrays[f"tokens_{name}"] = np.array([int((rec.span == span).sum()) for rec in records])
+            arrays[f"counts_{name}"] = np.stack([c.counts[span] for c in counted])
+            arrays[f"tokens_{name}"] = np.array([c.tokens[span] for c in counted])
         self.store.write_routing_chunk(arrays)
 
     # -- judging --------------------------------------------------------------------------------
@@ -521,6 +522,11 @@ def _split_by_temperature(chunk: list[WorkItem], default: float) -> list[list[Wo
     for w in chunk:
         groups.setdefault(_temperature(w.prompt, default), []).append(w)
     return list(groups.values())
+
+
+def span_counts_of(record: RoutingRecord | None, n_experts: int) -> SpanCounts:
+    assert record is not None  # _save_routing checked: every result has a record or span counts
+    return record.span_counts(n_experts)
 
 
 def _sample(item: WorkItem, result: GenerationResult) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 from harness.common.errors import InputError
 from harness.mote.intervention import Intervention
 from harness.mote.spec import ModelSpec
-from harness.vllm_plugin.protocol import INTERVENTION_KEY
+from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, THINK_KEY
 
 PARAMETER = f"vllm_xargs.{INTERVENTION_KEY}"
 _SPEC_ATTR = "_mote_admission_spec"
@@ -91,18 +91,42 @@ def admission_spec(processor: Any) -> ModelSpec | None:
     return cached
 
 
+def think_problem(extra_args: dict[str, Any] | None) -> str | None:
+    """Why the engine must refuse this request's `mote_think` extra arg (counts.ThinkIds), or None."""
+    if not extra_args or extra_args.get(THINK_KEY) is None:
+        return None
+    from harness.vllm_plugin.checks import MoteVLLMError
+    from harness.vllm_plugin.counts import ThinkIds
+
+    if not extra_args.get(COUNT_KEY):
+        return f"vllm_xargs.{THINK_KEY}: the think / answer split is made on device-side counts; add {COUNT_KEY}"
+    try:
+        ThinkIds.from_data(extra_args[THINK_KEY], f"vllm_xargs.{THINK_KEY}")
+    except MoteVLLMError as err:
+        return str(err)
+    return None
+
+
+def raise_arg_problems(processor: Any, extra: dict[str, Any]) -> None:
+    """vLLM's validation error (HTTP 400) for a `mote` or `mote_think` extra arg the worker could not use."""
+    from vllm.exceptions import VLLMValidationError
+
+    if extra.get(INTERVENTION_KEY):
+        problem = intervention_problem(extra, admission_spec(processor))
+        if problem is not None:
+            raise VLLMValidationError(problem, parameter=PARAMETER)
+    problem = think_problem(extra)
+    if problem is not None:
+        raise VLLMValidationError(problem, parameter=f"vllm_xargs.{THINK_KEY}")
+
+
 def check_request_args(processor: Any, request: Any) -> None:
     """Raise vLLM's validation error (HTTP 400) if `request` (an EngineCoreRequest) carries an
-    intervention the worker could not apply."""
+    intervention (or a think split) the worker could not apply."""
     params = getattr(request, "sampling_params", None)
     extra = getattr(params, "extra_args", None)
-    if not extra or not extra.get(INTERVENTION_KEY):
-        return
-    problem = intervention_problem(extra, admission_spec(processor))
-    if problem is not None:
-        from vllm.exceptions import VLLMValidationError
-
-        raise VLLMValidationError(problem, parameter=PARAMETER)
+    if extra:
+        raise_arg_problems(processor, extra)
 
 
 def check_before_generate(processor: Any, prompt: Any, params: Any) -> None:
@@ -116,10 +140,7 @@ def check_before_generate(processor: Any, prompt: Any, params: Any) -> None:
 
     from harness.vllm_plugin.prefix_cache import prefix_cache_problem, prefix_caching_on
 
-    if extra.get(INTERVENTION_KEY):
-        problem = intervention_problem(extra, admission_spec(processor))
-        if problem is not None:
-            raise VLLMValidationError(problem, parameter=PARAMETER)
+    raise_arg_problems(processor, extra)
     if not prefix_caching_on(processor.cache_config):
         return
     if isinstance(prompt, Mapping):

@@ -101,6 +101,21 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
 
 # Model-runner attributes read at every step (instance attributes: checked on the live runner).
 RUNNER_ATTRIBUTES: tuple[str, ...] = ("input_batch", "query_start_loc", "requests", "model")
+# what device-side counts read of the runner's input batch (counts.py): each request's first position
+# this step, and its token ids (the think split)
+INPUT_BATCH_COUNT_ATTRIBUTES: tuple[str, ...] = ("num_computed_tokens_cpu", "token_ids_cpu")
+
+
+def count_problem(runner: object) -> str | None:
+    """Why device-side counts cannot run on this runner (an attribute renamed), else None."""
+    batch = getattr(runner, "input_batch", None)
+    missing = [name for name in INPUT_BATCH_COUNT_ATTRIBUTES if not hasattr(batch, name)]
+    if missing:
+        return (
+            f"mote_count: the runner's input batch has no {', '.join(missing)} on vLLM {vllm_version()}; "
+            "device-side counts are unavailable (per-token records, mote_record, still work)"
+        )
+    return None
 
 
 def vllm_version() -> str:

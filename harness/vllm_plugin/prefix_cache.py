@@ -2,8 +2,8 @@
 
 A cached prefix was computed under whatever routing its first request had, and its tokens are never
 routed again. So with `enable_prefix_caching` on:
-- a recorded request (`mote_record`) is refused: its cached prompt tokens would be missing from the
-  record;
+- a recorded or counted request (`mote_record`, `mote_count`) is refused: its cached prompt tokens
+  would be missing from the record;
 - a request with an intervention must carry a `cache_salt` that contains its intervention's
   fingerprint, so it shares cached prefixes only with requests routed the same way (vLLM hashes the
   salt into the first block's key, `v1/core/kv_cache_utils.py`). Requests without an intervention
@@ -20,19 +20,20 @@ import json
 from typing import Any
 
 from harness.mote.intervention import Intervention
-from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY
+from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, RECORD_KEY
 
 
 def prefix_cache_problem(extra_args: dict[str, Any] | None, cache_salt: str | None) -> tuple[str, str] | None:
     """(parameter, why) if an engine with prefix caching on must refuse this request, else None."""
     if not extra_args:
         return None
-    if extra_args.get(RECORD_KEY):
-        return (
-            f"vllm_xargs.{RECORD_KEY}",
-            "MoTE routing capture is refused with prefix caching on: cached prompt tokens are never routed, "
-            "so the record would miss them; start the engine with --no-enable-prefix-caching",
-        )
+    for key in (RECORD_KEY, COUNT_KEY):
+        if extra_args.get(key):
+            return (
+                f"vllm_xargs.{key}",
+                "MoTE routing capture is refused with prefix caching on: cached prompt tokens are never "
+                "routed, so the record would miss them; start the engine with --no-enable-prefix-caching",
+            )
     text = extra_args.get(INTERVENTION_KEY)
     if not text:
         return None

@@ -22,6 +22,8 @@ import numpy as np
 
 INTERVENTION_KEY = "mote"
 RECORD_KEY = "mote_record"
+COUNT_KEY = "mote_count"  # count this request's routing on the device (counts.py), fetched with mote_counts
+THINK_KEY = "mote_think"  # with mote_count: {"open": id, "close": id, "prompt_opens": bool}, the think split
 
 RPC_STATUS = "mote_status"
 RPC_SET_GLOBAL = "mote_set_global_intervention"
@@ -54,8 +56,9 @@ class WorkerRecord:
     layers: np.ndarray  # int32 [moe_layers]
 
     def encode(self) -> str:
+        # uncompressed: zlib would cost more per record (tens of ms for a long one) than it saves in transit
         buffer = io.BytesIO()
-        np.savez_compressed(
+        np.savez(
             buffer,
             positions=self.positions,
             topk_ids=self.topk_ids,

@@ -79,23 +79,31 @@ def merge_records(answers: Sequence[Any], key: str, expected_layers: Sequence[in
     )
 
 
+COUNT_SPANS = ("prompt", "generated", "think", "answer")  # think / answer: device-side counts with mote_think
+
+
 def merge_counts(answers: Sequence[Any], key: str, expected_layers: Sequence[int]) -> dict[str, Any] | None:
-    """One request's `mote_counts` map ({layers, prompt [L][E], generated [L][E]}) from every rank's."""
+    """One request's `mote_counts` map ({layers, prompt [L][E], generated [L][E], and think / answer when
+    split}) from every rank's."""
     _raise_errors(answers)
     maps = [a for a in answers if a is not None]
     if not maps:
         return None
     distinct = _one_per_layer_set(maps, key, lambda m: tuple(m["layers"]), lambda a, b: a == b)
     _check_cover(key, [layer for layers in distinct for layer in layers], expected_layers)
-    rows: list[tuple[int, list[int], list[int]]] = []
+    spans = [span for span in COUNT_SPANS if all(span in counts for counts in distinct.values())]
+    rows: list[tuple[int, tuple[list[int], ...]]] = []
     for layers, counts in distinct.items():
-        rows.extend(zip(layers, counts["prompt"], counts["generated"], strict=True))
+        rows.extend(zip(layers, zip(*(counts[span] for span in spans), strict=True), strict=True))
     rows.sort(key=lambda row: row[0])
-    return {
-        "layers": [row[0] for row in rows],
-        "prompt": [row[1] for row in rows],
-        "generated": [row[2] for row in rows],
-    }
+    merged: dict[str, Any] = {"layers": [row[0] for row in rows]}
+    merged |= {span: [row[1][i] for row in rows] for i, span in enumerate(spans)}
+    tokens = [counts["tokens"] for counts in distinct.values() if "tokens" in counts]
+    if tokens:  # device-side counts: every stage routed the same tokens
+        if any(t != tokens[0] for t in tokens[1:]):
+            raise MoteVLLMError(f"counts {key!r}: pipeline stages counted different tokens per span ({tokens})")
+        merged["tokens"] = tokens[0]
+    return merged
 
 
 def merge_fetch(

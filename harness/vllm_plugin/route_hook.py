@@ -33,12 +33,31 @@ HOOK_ATTR = "_mote_hook"  # on a wrapped router: the runtime's hook, or absent
 Hook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 _LIBRARY: Any = None
+# Steps open with the hooks in use, in this process (`MoteRuntime.begin_step` / `close_step`). Zero on
+# every step without an intervention or a record: each op call then returns at its first line.
+_open_steps = 0
+
+
+def open_step() -> None:
+    global _open_steps
+    _open_steps += 1
+
+
+def close_step() -> None:
+    global _open_steps
+    _open_steps = max(0, _open_steps - 1)
+
+
+def hooks_in_use() -> bool:
+    return _open_steps > 0
 
 
 def route_hook(
     router_logits: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer_name: str
 ) -> None:
     """The op's body: run the hook of the router of `layer_name` in the current forward, if any."""
+    if not _open_steps:
+        return  # an idle step: nothing to look up
     from vllm.forward_context import get_forward_context, is_forward_context_available
 
     if not is_forward_context_available():
@@ -104,9 +123,10 @@ def wrap_router(router: Any, layer_name: str, via_op: bool) -> None:
             input_ids: torch.Tensor | None = None,
         ) -> tuple[torch.Tensor, torch.Tensor]:
             weights, ids = original(hidden_states, router_logits, indices_type, input_ids=input_ids)
-            hook = getattr(router, HOOK_ATTR, None)
-            if hook is not None:
-                hook(router_logits, weights, ids)
+            if _open_steps:
+                hook = getattr(router, HOOK_ATTR, None)
+                if hook is not None:
+                    hook(router_logits, weights, ids)
             return weights, ids
 
     _compute_routing.__wrapped__ = original  # type: ignore[attr-defined]

@@ -5,7 +5,10 @@ engines keeps them apart). Each step, the wrapped `_model_forward` reads the sch
 (`input_batch.req_ids`, `query_start_loc`), their `extra_args`, and builds:
 - the intervention tables of the distinct interventions in the step plus a final "none" row
   (`build_layer_tables`), and each token's row index (`rows_for_tokens` picks per-token flags);
-- which requests are recorded, and where their tokens sit in the step.
+- which requests are recorded, and where their tokens sit in the step;
+- for requests counted on the device (`mote_count`), each token's count bucket (counts.py).
+A step in which no request carries any of these opens no step context: the route hooks return at
+once (route_hook.py) and the MoE layers run vLLM's own path.
 Each MoE layer's router ends with the route hook (route_hook.py, installed when the layer is built;
 `install` says what it does): vLLM's own routing runs first; tokens whose row edits the selection are re-selected with
 `selection.edited_routing`; drop-mode rows go through `drop_after_topk`; recorded ids are the
@@ -31,10 +34,11 @@ import torch
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention
 from harness.mote.routing import LayerTables, build_layer_tables, drop_after_topk, rows_for_tokens
-from harness.vllm_plugin.checks import MoteVLLMError, check_runner
+from harness.vllm_plugin.checks import MoteVLLMError, check_runner, count_problem
 from harness.vllm_plugin.compiled import MoEPath, compiled_hook_problem, op_name
-from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, WorkerRecord
-from harness.vllm_plugin.route_hook import HOOK_ATTR, KEY_ATTR, VIA_OP_ATTR
+from harness.vllm_plugin.counts import CountedRequest, CountPool, StepRequests, ThinkIds
+from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, RECORD_KEY, THINK_KEY, WorkerRecord
+from harness.vllm_plugin.route_hook import HOOK_ATTR, KEY_ATTR, VIA_OP_ATTR, close_step, open_step
 from harness.vllm_plugin.selection import RouterMath, edited_routing, router_math
 
 _ATTR = "_mote_runtime"
@@ -93,6 +97,7 @@ class RequestScan:
     any_text: bool
     recorded_slots: np.ndarray  # int64: indices of the recorded requests
     recorded_keys: list[str]  # their record keys (keys dropped by the cap are not recorded)
+    counted: StepRequests | None  # the counted requests (device-side counts), None if none
 
 
 @dataclass
@@ -108,6 +113,7 @@ class StepContext:
     capture_ids: torch.Tensor | None = None
     capture_weights: torch.Tensor | None = None
     fired: dict[int, int] = field(default_factory=dict)  # layer -> hook calls this step
+    count_buckets: torch.Tensor | None = None  # long [n_tokens]: each token's count bucket (counts.py)
 
     @property
     def recording(self) -> bool:
@@ -132,10 +138,12 @@ class MoteRuntime:
         self.layers: dict[int, LayerHook] = {}
         self.global_intervention = Intervention.none()
         self.record_all = False
-        self.step: StepContext | None = None
+        self._step: StepContext | None = None
         self.records: OrderedDict[str, PendingRecord] = OrderedDict()  # oldest first
         self.max_pending = _max_pending()
         self.dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped by the cap, not fetched yet
+        self.pool: CountPool | None = None  # device-side counts (counts.py), made on first use
+        self.hooked_steps = 0  # steps that opened a step context (the others ran vLLM's own path)
         self.stage_layers: range | None = None  # pipeline parallel: the absolute layers of this stage
         self._parsed: OrderedDict[str, tuple[Intervention, str]] = OrderedDict()  # text -> (iv, fingerprint)
         self._tables: OrderedDict[tuple[str, ...], dict[int, LayerTables]] = OrderedDict()
@@ -145,6 +153,20 @@ class MoteRuntime:
         self._installed_on: int | None = None
         self.hook_problem: str | None = None  # why the hooks would not run every step on this engine
         self.hook_ops: dict[int, str] = {}  # layer -> the opaque op the hook runs in ("python": none)
+
+    @property
+    def step(self) -> StepContext | None:
+        """The open step's context; None on idle steps and outside a forward."""
+        return self._step
+
+    @step.setter
+    def step(self, value: StepContext | None) -> None:
+        # the route hook op returns at once while no step is open anywhere in the process
+        if self._step is None and value is not None:
+            open_step()
+        elif self._step is not None and value is None:
+            close_step()
+        self._step = value
 
     @classmethod
     def of(cls, runner: Any) -> MoteRuntime:
@@ -269,7 +291,7 @@ class MoteRuntime:
         if scan is None or scan.state_ids != state_ids or scan.req_ids != req_ids or scan.record_all != self.record_all:
             scan = self._scan_requests(req_ids, states, state_ids)
         global_iv, global_fp = self._global_parsed()
-        if global_iv.is_none and not scan.recorded_keys and not scan.any_text:
+        if global_iv.is_none and not scan.recorded_keys and not scan.any_text and scan.counted is None:
             return
         self.install()
         if self.hook_problem is not None:
@@ -297,6 +319,7 @@ class MoteRuntime:
                 flat = positions[0] if positions.dim() == 2 else positions
                 # a copy: on CPU this is a view of the runner's persistent positions buffer
                 pos = flat[:n_tokens].to("cpu", torch.int64).numpy().copy()
+        self.hooked_steps += 1
         self.step = StepContext(
             n_tokens=n_tokens,
             tables=plan.tables,
@@ -305,7 +328,19 @@ class MoteRuntime:
             positions=pos,
             uniform_row=uniform,
             edits=plan.edits,
+            count_buckets=self._count_buckets(scan, starts, n_tokens) if scan.counted is not None else None,
         )
+
+    def _count_buckets(self, scan: RequestScan, starts: np.ndarray, n_tokens: int) -> torch.Tensor | None:
+        """Each token's count bucket this step as an offset into the count buffer (counts.py), on the
+        device: one vectorised pass on the host, one host-to-device copy."""
+        assert self.pool is not None and scan.counted is not None
+        if not len(scan.counted.slots):
+            return None  # only refused keys: nothing to count
+        batch = self.runner.input_batch
+        token_ids = batch.token_ids_cpu if scan.counted.thinking.any() else None
+        buckets = self.pool.buckets(scan.counted, n_tokens, starts, batch.num_computed_tokens_cpu, token_ids)
+        return torch.from_numpy(self.pool.offsets(buckets)).to(self.runner.device)
 
     def _scan_requests(self, req_ids: list[str], states: list[Any], state_ids: list[int]) -> RequestScan:
         """Each scheduled request's intervention text and record key (a request's `extra_args` never
@@ -313,13 +348,18 @@ class MoteRuntime:
         record_all = self.record_all
         texts: list[str | None] = []
         keys: list[str | None] = []
-        for rid, state in zip(req_ids, states, strict=True):
+        counted: list[tuple[int, CountedRequest]] = []
+        for index, (rid, state) in enumerate(zip(req_ids, states, strict=True)):
             params = getattr(state, "sampling_params", None)
             extra = getattr(params, "extra_args", None)
             text = key = None
             if extra:
                 text = extra.get(INTERVENTION_KEY)
                 key = extra.get(RECORD_KEY)
+                if extra.get(COUNT_KEY):
+                    counts = self._open_counts(str(extra[COUNT_KEY]), str(rid), state, extra.get(THINK_KEY))
+                    if counts is not None:
+                        counted.append((index, counts))
             texts.append(str(text) if text else None)
             record_key = str(key) if key else (rid if record_all else None)
             if record_key is not None and not self._register(record_key, str(rid), state):
@@ -336,6 +376,7 @@ class MoteRuntime:
             any_text=any(texts),
             recorded_slots=np.asarray(slots, dtype=np.int64),
             recorded_keys=[str(keys[i]) for i in slots],
+            counted=CountPool.step_requests(counted) if counted else None,
         )
         self._scan = scan
         return scan
@@ -358,13 +399,42 @@ class MoteRuntime:
             )
         return True
 
+    def _open_counts(self, key: str, request_id: str, state: Any, think_data: Any) -> CountedRequest | None:
+        """`key`'s device-side counts for this request (counts.py); None if the cap dropped the key."""
+        if key in self.dropped:
+            return None
+        if self.pool is None:
+            self.install()
+            self.pool = CountPool(len(self.layers), max(self.n_experts().values(), default=1), self.runner.device)
+        fresh = key not in self.pool.requests
+        unavailable = count_problem(self.runner)
+        try:  # checked at admission (admission.py); an error here must not stop the step
+            think = None if think_data is None else ThinkIds.from_data(think_data, f"extra_args.{THINK_KEY}")
+            problem = None
+        except MoteVLLMError as err:
+            think, problem = None, str(err)
+        counted = self.pool.open(key, request_id, int(getattr(state, "num_prompt_tokens", 0) or 0), think)
+        if fresh and (unavailable or problem) is not None:
+            counted.conflict = unavailable or problem
+        elif fresh and think is not None and self.runner.vllm_config.scheduler_config.async_scheduling:
+            counted.conflict = (
+                f"{THINK_KEY}: the think / answer split reads each sampled token on the host, which async "
+                "scheduling does not keep up to date; start the engine with --no-async-scheduling"
+            )
+        if fresh:
+            self._enforce_cap()
+        return counted if key in self.pool.requests else None
+
     def _keeps(self, key: str) -> bool:
         pending = self.records.get(key)
         return pending is not None and pending.conflict is None
 
     def _enforce_cap(self) -> None:
-        while len(self.records) > self.max_pending:
-            key, _ = self.records.popitem(last=False)
+        while len(self.records) + (len(self.pool.requests) if self.pool else 0) > self.max_pending:
+            if self.pool is not None and self.pool.requests and not self.records:
+                key = self.pool.drop_oldest()
+            else:
+                key, _ = self.records.popitem(last=False)
             self.dropped[key] = None
             if len(self.dropped) > self.max_pending:
                 self.dropped.popitem(last=False)
@@ -527,20 +597,28 @@ class MoteRuntime:
                 ids = torch.where(touched[:, None], new_ids.to(ids.dtype), ids)
             if tables.drop is not None:
                 weights, dropped = drop_after_topk(ids, weights, rows_for_tokens(tables.drop, rows))
+        if step.count_buckets is not None:
+            assert self.pool is not None
+            self.pool.add(hook.column, step.count_buckets, ids, dropped)
         if step.recording:
-            # copied into the step's buffers: in a compiled graph the routing outputs' memory is
-            # reused after the layer
-            if step.capture_ids is None:
-                shape = (ids.shape[0], len(self.layers), ids.shape[1])
-                step.capture_ids = torch.empty(shape, dtype=torch.int32, device=ids.device)
-                step.capture_weights = torch.empty(shape, dtype=torch.float32, device=ids.device)
-            assert step.capture_weights is not None
-            column = step.capture_ids[:, hook.column]
-            column.copy_(ids)
-            if dropped is not None:
-                column.masked_fill_(dropped, -1)
-            step.capture_weights[:, hook.column].copy_(weights)
+            self._capture(hook, step, weights, ids, dropped)
         return weights, ids
+
+    def _capture(
+        self, hook: LayerHook, step: StepContext, weights: torch.Tensor, ids: torch.Tensor, dropped: torch.Tensor | None
+    ) -> None:
+        """Copy the layer's final routing into the step's buffers (in a compiled graph the routing
+        outputs' memory is reused after the layer); a dropped slot is recorded as -1."""
+        if step.capture_ids is None:
+            shape = (ids.shape[0], len(self.layers), ids.shape[1])
+            step.capture_ids = torch.empty(shape, dtype=torch.int32, device=ids.device)
+            step.capture_weights = torch.empty(shape, dtype=torch.float32, device=ids.device)
+        assert step.capture_weights is not None
+        column = step.capture_ids[:, hook.column]
+        column.copy_(ids)
+        if dropped is not None:
+            column.masked_fill_(dropped, -1)
+        step.capture_weights[:, hook.column].copy_(weights)
 
     def held(self) -> dict[str, int | bool]:
         """Sizes of what this runtime keeps between steps (mote_status' `held`): per-key records until
@@ -551,11 +629,35 @@ class MoteRuntime:
             "parsed_interventions": len(self._parsed),
             "tables": len(self._tables),
             "plans": len(self._plans),
+            "count_slots": 0 if self.pool is None else self.pool.slots,
+            "counted": 0 if self.pool is None else len(self.pool.requests),
             "cache_limit": _CACHE_SIZE,
             "step_open": self.step is not None,
+            "hooked_steps": self.hooked_steps,
         }
 
     # -- records ---------------------------------------------------------------------------------
+    def take_counts(self, key: str) -> dict[str, Any] | None:
+        """`key`'s device-side counts as a count map {layers, prompt, generated [L][E], and think / answer
+        when split}, removed from the worker; None if no request counted under it (counts.py)."""
+        if self.pool is None or key not in self.pool.requests:
+            return None
+        self._scan = None  # a request still running re-registers next step
+        spans = self.pool.take(key)
+        assert spans is not None
+        tokens = spans["tokens"]
+        out: dict[str, Any] = {
+            "layers": list(self.layers),
+            "prompt": spans["prompt"].tolist(),
+            "generated": (spans["think"] + spans["answer"]).tolist(),
+            # tokens routed per span (each counts top-k times per layer, less its dropped slots)
+            "tokens": {"prompt": tokens["prompt"], "generated": tokens["think"] + tokens["answer"]},
+        }
+        if spans["think_split"]:
+            out["think"], out["answer"] = spans["think"].tolist(), spans["answer"].tolist()
+            out["tokens"] |= {"think": tokens["think"], "answer": tokens["answer"]}
+        return out
+
     def take(self, key: str) -> tuple[WorkerRecord | None, int]:
         """(the record of `key`, its request's prompt length), removed from the worker; (None, 0) if no
         request recorded under it. Raises MoteVLLMError for a key two requests used, or one dropped by
@@ -578,15 +680,16 @@ class MoteRuntime:
         positions = np.concatenate([p for p, _, _ in parts])
         ids = np.concatenate([i for _, i, _ in parts])
         weights = np.concatenate([w for _, _, w in parts])
-        # a position routed twice (preemption recompute) keeps its last routing
+        # a position routed twice (preemption recompute) keeps its first routing, the one that produced
+        # the request's tokens (as the device-side counts do, counts.py)
         order = np.argsort(positions, kind="stable")
         positions, ids, weights = positions[order], ids[order], weights[order]
-        last = np.ones(len(positions), dtype=bool)
-        last[:-1] = positions[1:] != positions[:-1]
+        first = np.ones(len(positions), dtype=bool)
+        first[1:] = positions[1:] != positions[:-1]
         record = WorkerRecord(
-            positions=positions[last],
-            topk_ids=ids[last],
-            topk_weights=weights[last],
+            positions=positions[first],
+            topk_ids=ids[first],
+            topk_weights=weights[first],
             layers=np.asarray(list(self.layers), dtype=np.int32),
         )
         reject_all_zero(record, key)

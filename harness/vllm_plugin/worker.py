@@ -102,9 +102,10 @@ class MoteWorkerExtension:
         return out
 
     def mote_counts(self, keys_json: str) -> dict[str, Any]:
-        """Pop the records of the given keys as count maps {layers, prompt [L][E], generated [L][E]}
-        (no per-token ids travel): the cheap path for fTRI over many prompts. The think/answer split
-        of generated tokens needs the text, so it is made client-side from per-token records."""
+        """Pop the counts of the given keys as count maps {layers, prompt [L][E], generated [L][E]}: for a
+        `mote_count` key the device-side counts (with `think` / `answer` too when the request gave
+        `mote_think`; counts.py), for a `mote_record` key made here from its per-token record. No
+        per-token ids travel: the cheap path for fTRI over many prompts."""
         import numpy as np
 
         from harness.mote.records import count_map
@@ -114,6 +115,10 @@ class MoteWorkerExtension:
         out: dict[str, Any] = {}
         for key in json.loads(keys_json):
             try:
+                counted = runtime.take_counts(str(key))
+                if counted is not None:
+                    out[str(key)] = counted
+                    continue
                 record, prompt_length = runtime.take(str(key))
             except MoteVLLMError as err:
                 out[str(key)] = error_answer(str(err))

@@ -6,6 +6,7 @@ CPU."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from marks import VLLM
 
 from harness.backends.base import GenerationRequest, GenerationSettings
 from harness.mote import Intervention
+from harness.mote.records import Span
 
 pytestmark = [*VLLM, pytest.mark.slow]
 TWO_WORKERS = pytest.mark.skipif(
@@ -80,5 +82,14 @@ def test_two_pipeline_stages_record_every_layer_and_apply_second_stage_intervent
         assert not np.isin(got[1].routing.topk_ids[:, column], [2]).any()
         assert (got[2].routing.topk_ids[:, column] == -1).any() and not (got[2].routing.topk_ids[:, column] == 4).any()
         assert (got[3].routing.topk_ids[:, column] == 3).any(-1).all()
+        # device-side counts, merged over the two stages, equal the per-token records' span counts
+        counted = engine.generate(requests, replace(SETTINGS, routing_counts_only=True))
+        n_experts = max(engine.spec.n_experts.values())
+        for c, one in zip(counted, expected, strict=True):
+            assert c.span_counts is not None and one.routing is not None
+            reference = one.routing.span_counts(n_experts)
+            for span in Span:
+                assert np.array_equal(c.span_counts.counts[span], reference.counts[span]), (c.id, span)
+                assert c.span_counts.tokens[span] == reference.tokens[span], (c.id, span)
     finally:
         engine.close()
