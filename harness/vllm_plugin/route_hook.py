@@ -33,8 +33,8 @@ HOOK_ATTR = "_mote_hook"  # on a wrapped router: the runtime's hook, or absent
 Hook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 _LIBRARY: Any = None
-# Steps open with the hooks in use, in this process (`MoteRuntime.begin_step` / `close_step`). Zero on
-# every step without an intervention or a record: each op call then returns at its first line.
+# Steps open with the hooks in use, in this process (`MoteRuntime.step` opens and closes them). Zero on
+# every step without an intervention, a record or a count: each op call then returns at its first line.
 _open_steps = 0
 
 
@@ -46,10 +46,6 @@ def open_step() -> None:
 def close_step() -> None:
     global _open_steps
     _open_steps = max(0, _open_steps - 1)
-
-
-def hooks_in_use() -> bool:
-    return _open_steps > 0
 
 
 def route_hook(

@@ -113,7 +113,7 @@ class StepContext:
     capture_ids: torch.Tensor | None = None
     capture_weights: torch.Tensor | None = None
     fired: dict[int, int] = field(default_factory=dict)  # layer -> hook calls this step
-    count_buckets: torch.Tensor | None = None  # long [n_tokens]: each token's count bucket (counts.py)
+    count_buckets: torch.Tensor | None = None  # long [n_tokens]: each token's bucket offset (counts.py)
 
     @property
     def recording(self) -> bool:
@@ -644,6 +644,8 @@ class MoteRuntime:
             return None
         self._scan = None  # a request still running re-registers next step
         spans = self.pool.take(key)
+        if not self.layers:
+            return None  # a pipeline stage with only dense layers routes nothing (as with records)
         assert spans is not None
         tokens = spans["tokens"]
         out: dict[str, Any] = {
