@@ -113,8 +113,15 @@ def spread(values: list[float]) -> dict[str, Any]:
     }
 
 
-def size_summary(prompts: int, max_tokens: int, runs: dict[str, list[float]], tokens: dict[str, int]) -> dict[str, Any]:
-    """Per-round throughput ratios to stock (same prompts count and tokens, so a ratio of seconds)."""
+def size_summary(
+    prompts: int,
+    max_tokens: int,
+    runs: dict[str, list[float]],
+    tokens: dict[str, int],
+    plugin: dict[str, list[dict[str, float]]] | None = None,
+) -> dict[str, Any]:
+    """Per-round throughput ratios to stock (same prompts count and tokens, so a ratio of seconds), and
+    the plugin's own share of each MoTE run (seconds it spent / the run's seconds)."""
     ratios = {
         name: spread([s / c for s, c in zip(runs["stock"], runs[cond], strict=True)]) for name, cond in RATIOS.items()
     }
@@ -122,6 +129,21 @@ def size_summary(prompts: int, max_tokens: int, runs: dict[str, list[float]], to
     ratios["counts_device_vs_idle"] = spread(
         [i / c for i, c in zip(runs["mote_none"], runs["counts_device"], strict=True)]
     )
+    shares: dict[str, Any] = {}
+    per_step: dict[str, Any] = {}
+    if plugin is not None:
+        for name, cond in RATIOS.items():
+            own = [p["begin_s"] + p["end_s"] + p["hooks_s"] + p["fetch_s"] for p in plugin[cond]]
+            shares[name] = spread([o / total for o, total in zip(own, runs[cond], strict=True)])
+            # median microseconds per step of each part (fetch: per run, in ms)
+            per_step[name] = {
+                **{
+                    part: round(statistics.median(1e6 * p[part] / max(p["steps"], 1) for p in plugin[cond]), 1)
+                    for part in ("begin_s", "end_s", "hooks_s")
+                },
+                "fetch_ms": round(statistics.median(1e3 * p["fetch_s"] for p in plugin[cond]), 2),
+                "steps": statistics.median(p["steps"] for p in plugin[cond]),
+            }
     return {
         "prompts": prompts,
         "max_tokens": max_tokens,
@@ -129,7 +151,13 @@ def size_summary(prompts: int, max_tokens: int, runs: dict[str, list[float]], to
         "median_tokens_per_s": {c: round(tokens[c] / statistics.median(runs[c]), 1) for c in CONDITIONS},
         "runs_s": {c: [round(t, 4) for t in runs[c]] for c in CONDITIONS},
         "ratios_vs_stock": ratios,
+        "plugin_share": shares,
+        "plugin_us_per_step": per_step,
         "goals_met": {name: ratios[name]["median"] >= goal for name, goal in GOALS.items() if name in ratios},
+        # the same goals read from the plugin's own share (1 - share), which this machine's noise spares
+        "goals_met_by_share": {
+            name: 1 - shares[name]["median"] >= goal for name, goal in GOALS.items() if name in shares
+        },
     }
 
 
@@ -179,6 +207,8 @@ class Bench:
 
         if not plugin:
             os.environ["MOTE_VLLM_PLUGIN"] = "off"  # read in every engine process at plugin registration
+        else:
+            os.environ["MOTE_VLLM_TIMING"] = "1"  # the worker times its own steps (harness/vllm_plugin/timing.py)
         start = time.perf_counter()
         try:
             extension = {"worker_extension_cls": WORKER_EXTENSION} if plugin else {}
@@ -225,45 +255,68 @@ def conditions_for(layers: list[int], n_experts: int) -> list[Any]:
     return [Intervention.none(), targeted, *randoms]
 
 
+def worker_timing(llm: Any) -> dict[str, float]:
+    """Rank 0's cumulative step timing (harness/vllm_plugin/timing.py; MOTE_VLLM_TIMING=1)."""
+    from harness.vllm_plugin.protocol import RPC_STATUS
+
+    timing = llm.collective_rpc(RPC_STATUS)[0].get("timing")
+    if timing is None:
+        raise SystemExit("the MoTE engine's worker does not time its steps (MOTE_VLLM_TIMING=1 not seen)")
+    return {key: float(value) for key, value in timing.items()}
+
+
 def time_sizes(bench: Bench, stock: Any, llm: Any, targeted: Any) -> list[dict[str, Any]]:
-    """Every size's four conditions, round after round; per size the ratios over rounds."""
+    """Every size's six conditions, round after round; per size the ratios over rounds, and for the MoTE
+    conditions the plugin's own share of each run (its step work, and the fetch RPC)."""
     from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, RECORD_KEY, RPC_COUNTS, RPC_FETCH
 
     args = bench.args
     mote = {INTERVENTION_KEY: targeted.to_json()}
 
-    def run(name: str, prompts: list[Any], max_tokens: int, tag: str) -> tuple[float, int]:
+    def run(name: str, prompts: list[Any], max_tokens: int, tag: str) -> tuple[float, int, dict[str, float]]:
+        """(seconds, generated tokens, the plugin's seconds in it by part)."""
         n = len(prompts)
         keys = [f"bench-{tag}-{i}" for i in range(n)]
-        if name in ("recording", "counts_host", "counts_device"):
-            key_arg = COUNT_KEY if name == "counts_device" else RECORD_KEY
-            batch = [bench.params(max_tokens, {key_arg: k}) for k in keys]
+        recorded = name in ("recording", "counts_host", "counts_device")
+        if recorded:
+            batch = [bench.params(max_tokens, {COUNT_KEY if name == "counts_device" else RECORD_KEY: k}) for k in keys]
         else:
             batch = [bench.params(max_tokens, mote if name == "intervention" else None)] * n
         engine = stock if name == "stock" else llm
         bench.switch_to("stock" if name == "stock" else "mote")
+        before = worker_timing(llm) if engine is llm else {}
         start = time.perf_counter()
         outputs = engine.generate(prompts, batch, use_tqdm=False)
-        if name in ("recording", "counts_host", "counts_device"):
-            rpc = RPC_FETCH if name == "recording" else RPC_COUNTS
-            fetched = llm.collective_rpc(rpc, args=(json.dumps(keys),))[0]
+        fetch_start = time.perf_counter()
+        if recorded:
+            fetched = llm.collective_rpc(RPC_FETCH if name == "recording" else RPC_COUNTS, args=(json.dumps(keys),))[0]
             if any(fetched.get(k) is None for k in keys):
                 raise SystemExit(f"{name}: no record / counts came back for some requests")
-        return time.perf_counter() - start, sum(len(o.outputs[0].token_ids) for o in outputs)
+        end = time.perf_counter()
+        parts = {"begin_s": 0.0, "end_s": 0.0, "hooks_s": 0.0, "fetch_s": end - fetch_start, "steps": 0.0}
+        if engine is llm:
+            after = worker_timing(llm)
+            parts |= {k: after[k] - before[k] for k in ("begin_s", "end_s", "hooks_s", "steps")}
+        return end - start, sum(len(o.outputs[0].token_ids) for o in outputs), parts
 
-    runs: dict[tuple[int, int], dict[str, list[float]]] = {size: {c: [] for c in CONDITIONS} for size in args.size_list}
-    tokens: dict[tuple[int, int], dict[str, int]] = {size: {} for size in args.size_list}
+    sizes = args.size_list
+    runs: dict[tuple[int, int], dict[str, list[float]]] = {size: {c: [] for c in CONDITIONS} for size in sizes}
+    plugin: dict[tuple[int, int], dict[str, list[dict[str, float]]]] = {
+        size: {c: [] for c in CONDITIONS} for size in sizes
+    }
+    tokens: dict[tuple[int, int], dict[str, int]] = {size: {} for size in sizes}
     for round_ in range(-1, args.rounds):  # round -1: warm-up, not kept
         order = CONDITIONS if round_ % 2 == 0 else CONDITIONS[::-1]
-        for n, max_tokens in args.size_list:
+        for size in sizes:
             for name in order:
-                tag = f"{round_}-{n}x{max_tokens}-{name}"
-                elapsed, count = run(name, bench.prompts(n, tag), max_tokens, tag)
+                tag = f"{round_}-{size[0]}x{size[1]}-{name}"
+                elapsed, count, own = run(name, bench.prompts(size[0], tag), size[1], tag)
                 if round_ >= 0:
-                    runs[(n, max_tokens)][name].append(elapsed)
-                    tokens[(n, max_tokens)][name] = count
+                    runs[size][name].append(elapsed)
+                    plugin[size][name].append(own)
+                    tokens[size][name] = count
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
-    return [size_summary(n, t, runs[(n, t)], tokens[(n, t)]) for n, t in args.size_list]
+    return [size_summary(n, t, runs[(n, t)], tokens[(n, t)], plugin[(n, t)]) for n, t in sizes]
 
 
 def time_sweep(bench: Bench, llm: Any, conditions: list[Any], max_num_seqs: int) -> list[dict[str, Any]]:
@@ -413,6 +466,10 @@ def _cell(ratio: dict[str, Any], suffix: str = "x") -> str:
     return f"{ratio['median']:.2f}{suffix} ({ratio['min']:.2f}-{ratio['max']:.2f})"
 
 
+def _percent(share: dict[str, Any]) -> str:
+    return f"{100 * share['median']:.1f}% ({100 * share['min']:.1f}-{100 * share['max']:.1f})"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The README / docs tables of one run: medians over rounds with their range."""
     lines = [
@@ -427,6 +484,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {size['prompts']} x {size['max_tokens']} | {' | '.join(cells)} | "
             f"{size['median_tokens_per_s']['stock']:.0f} |"
         )
+    if any(size.get("plugin_share") for size in report["sizes"]):
+        lines += [
+            "",
+            "| prompts x tokens | plugin's own share of a run: idle | intervention | recording (per-token) "
+            "| counts, host | counts, device |",
+            "|---|---|---|---|---|---|",
+        ]
+        for size in report["sizes"]:
+            share = size["plugin_share"]
+            cells = [_percent(share[name]) for name in RATIOS]
+            lines.append(f"| {size['prompts']} x {size['max_tokens']} | {' | '.join(cells)} |")
     if report.get("sweep"):
         lines += [
             "",

@@ -71,13 +71,7 @@ def _patch_model_forward() -> None:
                 n_tokens = int(embeds.shape[0])
             else:
                 n_tokens = int(positions.shape[-1]) if positions is not None else 0
-            runtime.begin_step(n_tokens, positions)
-            try:
-                output = original(self, *args, **kwargs)
-                runtime.end_step()
-            finally:
-                runtime.step = None
-            return output
+            return runtime.forward(lambda: original(self, *args, **kwargs), n_tokens, positions)
 
         return _model_forward
 

@@ -192,7 +192,8 @@ class CountPool:
                 spans[t] = request.span_of(int(token_ids[index[owner[t]], positions[t]]))
         out[begin[owner] + offset] = np.where(new, slots[owner] * len(SPANS) + spans, TRASH)
         self.upto[slots] = np.maximum(self.upto[slots], first[index] + lengths)
-        np.add.at(self.tokens, (slots[owner][new], spans[new]), 1)
+        flat = (slots[owner] * len(SPANS) + spans)[new]
+        self.tokens += np.bincount(flat, minlength=self.tokens.size).reshape(self.tokens.shape)
         return out
 
     def add(self, column: int, buckets: torch.Tensor, ids: torch.Tensor, dropped: torch.Tensor | None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from harness.vllm_plugin.counts import CountedRequest, CountPool, StepRequests, 
 from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, RECORD_KEY, THINK_KEY, WorkerRecord
 from harness.vllm_plugin.route_hook import HOOK_ATTR, KEY_ATTR, VIA_OP_ATTR, close_step, open_step
 from harness.vllm_plugin.selection import RouterMath, edited_routing, router_math
+from harness.vllm_plugin.timing import StepTiming, timing_on
 
 _ATTR = "_mote_runtime"
 _CACHE_SIZE = 64
@@ -144,6 +146,7 @@ class MoteRuntime:
         self.dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped by the cap, not fetched yet
         self.pool: CountPool | None = None  # device-side counts (counts.py), made on first use
         self.hooked_steps = 0  # steps that opened a step context (the others ran vLLM's own path)
+        self.timing: StepTiming | None = StepTiming() if timing_on() else None  # MOTE_VLLM_TIMING=1
         self.stage_layers: range | None = None  # pipeline parallel: the absolute layers of this stage
         self._parsed: OrderedDict[str, tuple[Intervention, str]] = OrderedDict()  # text -> (iv, fingerprint)
         self._tables: OrderedDict[tuple[str, ...], dict[int, LayerTables]] = OrderedDict()
@@ -277,6 +280,33 @@ class MoteRuntime:
         return intervention.model_copy(update={"experts": mine}) if mine else Intervention.none()
 
     # -- one step --------------------------------------------------------------------------------
+    def forward(self, call: Callable[[], Any], n_tokens: int, positions: torch.Tensor | None) -> Any:
+        """Run the model forward `call` as one step: begin_step, the forward, end_step."""
+        timing = self.timing
+        if timing is None:
+            self.begin_step(n_tokens, positions)
+            try:
+                output = call()
+                self.end_step()
+            finally:
+                self.step = None
+            return output
+        start = time.perf_counter()
+        self.begin_step(n_tokens, positions)
+        begun = time.perf_counter()
+        timing.hooked_steps += self.step is not None
+        try:
+            output = call()
+            forwarded = time.perf_counter()
+            self.end_step()
+        finally:
+            self.step = None
+        timing.steps += 1
+        timing.begin_s += begun - start
+        timing.forward_s += forwarded - begun
+        timing.end_s += time.perf_counter() - forwarded
+        return output
+
     def begin_step(self, n_tokens: int, positions: torch.Tensor | None) -> None:
         self.step = None
         runner = self.runner
@@ -543,11 +573,16 @@ class MoteRuntime:
             step = runtime.step
             if step is None:
                 return
+            timing = runtime.timing
+            start = time.perf_counter() if timing is not None else 0.0
             new_weights, new_ids = runtime._apply(hook, step, logits, weights, ids)
             if new_weights is not weights:
                 weights.copy_(new_weights)
             if new_ids is not ids:
                 ids.copy_(new_ids)
+            if timing is not None:
+                timing.hooks_s += time.perf_counter() - start
+                timing.hook_calls += 1
 
         return route
 

@@ -50,6 +50,9 @@ class MoteWorkerExtension:
             # step plans, and whether a step is open (only inside a forward)
             "held": runtime.held(),
             "selection_edits": {str(layer): hook.math_error or "ok" for layer, hook in runtime.layers.items()},
+            # with MOTE_VLLM_TIMING=1 in the worker's environment: cumulative seconds per part of a step
+            # (harness/vllm_plugin/timing.py); None when off
+            "timing": None if runtime.timing is None else runtime.timing.as_dict(),
         }
 
     def _prefix_caching(self) -> bool:
