@@ -77,6 +77,8 @@ class VLLMBackend:
         if note:
             print(note)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+        # span counts made on the device need <think> / </think> as single tokens (the split is on ids)
+        self.think_ids = think_token_ids(self.tokenizer)
         args: dict[str, Any] = {
             "model": str(model_path),
             "dtype": dtype,
@@ -144,8 +146,7 @@ class VLLMBackend:
         stop = self.stop_ids()
         prompts = [self.prompt_text(r) for r in requests]
         keys = [f"{uuid.uuid4().hex}-{r.id}" for r in requests] if settings.record_routing else []
-        # span counts made on the device: needs <think> / </think> as single tokens (the split is on ids)
-        think = think_token_ids(self.tokenizer) if settings.routing_counts_only else None
+        think = self.think_ids if settings.routing_counts_only else None
         inputs: list[Any] = []
         params: list[Any] = []
         for index, (request, text) in enumerate(zip(requests, prompts, strict=True)):

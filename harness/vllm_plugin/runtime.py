@@ -145,6 +145,7 @@ class MoteRuntime:
         self.max_pending = _max_pending()
         self.dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped by the cap, not fetched yet
         self.pool: CountPool | None = None  # device-side counts (counts.py), made on first use
+        self.count_unavailable: str | None = None  # why counts cannot run here (checked with the pool)
         self.hooked_steps = 0  # steps that opened a step context (the others ran vLLM's own path)
         self.timing: StepTiming | None = StepTiming() if timing_on() else None  # MOTE_VLLM_TIMING=1
         self.stage_layers: range | None = None  # pipeline parallel: the absolute layers of this stage
@@ -436,8 +437,9 @@ class MoteRuntime:
         if self.pool is None:
             self.install()
             self.pool = CountPool(len(self.layers), max(self.n_experts().values(), default=1), self.runner.device)
+            self.count_unavailable = count_problem(self.runner)  # the runner's attributes do not change
         fresh = key not in self.pool.requests
-        unavailable = count_problem(self.runner)
+        unavailable = self.count_unavailable
         try:  # checked at admission (admission.py); an error here must not stop the step
             think = None if think_data is None else ThinkIds.from_data(think_data, f"extra_args.{THINK_KEY}")
             problem = None
