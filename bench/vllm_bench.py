@@ -12,11 +12,12 @@ needs it off to record, and the same setting keeps the comparison about the plug
   stock         vLLM with the MoTE plugin off in every engine process;
   mote_none     the MoTE engine (compiled by default), no request carrying an intervention or a record;
   intervention  every request under one mask-mode suppression;
-  recording     every request recorded, its per-token record fetched inside the timed window;
+  recording     every request recorded, its per-token record fetched and decoded inside the timed
+                window (`mote_fetch_arrays`, as VLLMBackend does);
   counts_host   every request recorded per token and fetched as count maps (`mote_counts`: counted
                 on the host, the path before device-side counts);
   counts_device every request counted on the device (`mote_count`) and fetched with `mote_counts`.
-Each round runs every size's four conditions back to back (order alternating round by round, so load
+Each round runs every size's six conditions back to back (order alternating round by round, so load
 from other jobs hits each alike) on prompts no earlier round used (nothing a prefix cache could
 reuse). Per size, the within-round ratios to stock are reported as median and range over rounds.
 
@@ -60,6 +61,7 @@ RATIOS = {
     "counts_host": "counts_host",
     "counts_device": "counts_device",
 }
+KV_CACHE_GIB = 2  # per engine on vLLM-CPU, unless VLLM_CPU_KVCACHE_SPACE is set
 GOALS = {"idle": 0.99, "intervention": 0.97, "recording": 0.95, "counts_device": 0.95, "sweep_speedup": 3.0}
 SWEEP_CONDITIONS = 12
 # an idle engine busy-polls for 1 s after its last message (vllm shm_broadcast busy_loop_s): each
@@ -166,6 +168,9 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # vLLM-CPU otherwise gives each engine's KV cache most of the machine's memory, and the bench holds
+        # two or three engines at once: the second one's worker is then killed for memory
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(KV_CACHE_GIB))
         from transformers import AutoTokenizer
 
         self.args = args
@@ -268,7 +273,14 @@ def worker_timing(llm: Any) -> dict[str, float]:
 def time_sizes(bench: Bench, stock: Any, llm: Any, targeted: Any) -> list[dict[str, Any]]:
     """Every size's six conditions, round after round; per size the ratios over rounds, and for the MoTE
     conditions the plugin's own share of each run (its step work, and the fetch RPC)."""
-    from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, RECORD_KEY, RPC_COUNTS, RPC_FETCH
+    from harness.vllm_plugin.protocol import (
+        COUNT_KEY,
+        INTERVENTION_KEY,
+        RECORD_KEY,
+        RPC_COUNTS,
+        RPC_FETCH_ARRAYS,
+        WorkerRecord,
+    )
 
     args = bench.args
     mote = {INTERVENTION_KEY: targeted.to_json()}
@@ -289,9 +301,13 @@ def time_sizes(bench: Bench, stock: Any, llm: Any, targeted: Any) -> list[dict[s
         outputs = engine.generate(prompts, batch, use_tqdm=False)
         fetch_start = time.perf_counter()
         if recorded:
-            fetched = llm.collective_rpc(RPC_FETCH if name == "recording" else RPC_COUNTS, args=(json.dumps(keys),))[0]
+            # the fetch VLLMBackend makes, the records decoded as it decodes them
+            rpc = RPC_FETCH_ARRAYS if name == "recording" else RPC_COUNTS
+            fetched = llm.collective_rpc(rpc, args=(json.dumps(keys),))[0]
             if any(fetched.get(k) is None for k in keys):
                 raise SystemExit(f"{name}: no record / counts came back for some requests")
+            if name == "recording":
+                [WorkerRecord.decode(fetched[k]) for k in keys]
         end = time.perf_counter()
         parts = {"begin_s": 0.0, "end_s": 0.0, "hooks_s": 0.0, "fetch_s": end - fetch_start, "steps": 0.0}
         if engine is llm:
@@ -426,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             "mote_compiled": compiled,
             "rounds": args.rounds,
             "default_max_num_seqs": default_seqs,
+            "vllm_cpu_kvcache_space_gib": os.environ.get("VLLM_CPU_KVCACHE_SPACE"),
             "sweep_tokens": args.sweep_tokens,
             "sweep_rounds": args.sweep_rounds,
         },

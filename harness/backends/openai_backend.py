@@ -3,7 +3,10 @@
 Same contract as HFBackend / VLLMBackend. Each request is one chat completion carrying its
 intervention in `vllm_xargs`; generated token ids come back (`return_token_ids`) and are decoded
 here with the model's own tokenizer, so text, stop handling and spans follow the same rules as the
-other backends. Routing records and the model's MoE layout come over `POST /collective_rpc`, which
+other backends. When only span counts are wanted (`routing_counts_only`, what `harness run` keeps of
+its discovery) and the tokenizer's <think> / </think> are single tokens, requests are counted on the
+server's device (`mote_count` + `mote_think`, counts.py) and only the counts come back; otherwise
+per-token records. Routing records and the model's MoE layout come over `POST /collective_rpc`, which
 the server exposes only with VLLM_SERVER_DEV_MODE=1 (`--dev-rpc`), from every worker, merged over
 pipeline stages (harness.vllm_plugin.ranks). An intervened request carries `cache_salt` = its
 fingerprint, so a server with prefix caching on never serves it a prefix cached under other routing.
@@ -20,12 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
-from harness.backends.vllm import build_record, finish_of
+from harness.backends.vllm import build_record, finish_of, think_token_ids, with_span_counts
 from harness.mote.spec import ModelSpec
 from harness.mote.think import split_think
 from harness.vllm_plugin import MoteVLLMError
-from harness.vllm_plugin.protocol import INTERVENTION_KEY, RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
-from harness.vllm_plugin.ranks import merge_fetch, merge_status
+from harness.vllm_plugin.protocol import (
+    COUNT_KEY,
+    INTERVENTION_KEY,
+    RECORD_KEY,
+    RPC_COUNTS,
+    RPC_FETCH,
+    RPC_STATUS,
+    THINK_KEY,
+    WorkerRecord,
+)
+from harness.vllm_plugin.ranks import merge_counts, merge_fetch, merge_keyed, merge_status
 
 
 class OpenAIBackend:
@@ -54,6 +66,7 @@ class OpenAIBackend:
         self.timeout_s = timeout_s
         self.client = OpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, timeout=timeout_s)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+        self.think_ids = think_token_ids(self.tokenizer)  # None: the think split needs per-token records
         status = merge_status(self.rpc(RPC_STATUS))
         layers = {int(k): int(v) for k, v in status["moe_layers"].items()}
         self._spec = ModelSpec(
@@ -91,9 +104,13 @@ class OpenAIBackend:
         for request in requests:
             self._spec.check(request.intervention, f"request {request.id}")
         keys = [f"{uuid.uuid4().hex}-{r.id}" for r in requests] if settings.record_routing else []
+        counted = bool(keys) and settings.routing_counts_only and self.think_ids is not None
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            replies = list(pool.map(lambda i: self._complete(requests[i], keys, i, settings), range(len(requests))))
-        records = self.fetch_records(keys) if keys else {}
+            replies = list(
+                pool.map(lambda i: self._complete(requests[i], keys, i, settings, counted), range(len(requests)))
+            )
+        records = self.fetch_records(keys) if keys and not counted else {}
+        counts = self.fetch_counts(keys) if counted else {}
         stop = self.stop_ids()
         results = []
         for index, (request, reply) in enumerate(zip(requests, replies, strict=True)):
@@ -105,7 +122,7 @@ class OpenAIBackend:
             text = str(self.tokenizer.decode(content, skip_special_tokens=True))
             think, answer = split_think(text)
             routing = None
-            if keys:
+            if keys and not counted:
                 worker = records.get(keys[index])
                 if worker is None:
                     raise MoteVLLMError(f"request {request.id}: the server returned no routing record")
@@ -131,6 +148,8 @@ class OpenAIBackend:
                     routing=routing,
                 )
             )
+            if counted:
+                results[-1] = with_span_counts(results[-1], counts.get(keys[index]))
         return results
 
     def fetch_records(self, keys: Sequence[str]) -> dict[str, WorkerRecord | None]:
@@ -138,14 +157,30 @@ class OpenAIBackend:
         answers = self.rpc(RPC_FETCH, json.dumps(list(keys)))
         return merge_fetch(answers, keys, self._spec.moe_layers)
 
-    def _complete(self, request: GenerationRequest, keys: list[str], index: int, settings: GenerationSettings) -> Any:
+    def fetch_counts(self, keys: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Pop the device-side counts of `keys` from every worker, merged over pipeline stages."""
+        answers = self.rpc(RPC_COUNTS, json.dumps(list(keys)))
+        return {
+            key: merge_counts(per_rank, key, self._spec.moe_layers)
+            for key, per_rank in merge_keyed(answers, keys).items()
+        }
+
+    def _complete(
+        self, request: GenerationRequest, keys: list[str], index: int, settings: GenerationSettings, counted: bool
+    ) -> Any:
+        body = extra_body(request, keys[index] if keys and not counted else None, settings)
+        if counted:
+            assert self.think_ids is not None
+            # the server reads whether the prompt opened a trace from its own rendering of the prompt
+            think = {"open": self.think_ids[0], "close": self.think_ids[1]}
+            body["vllm_xargs"] = {**body.get("vllm_xargs", {}), COUNT_KEY: keys[index], THINK_KEY: json.dumps(think)}
         return self.client.chat.completions.create(
             model=self.model,
             messages=request.chat(),  # type: ignore[arg-type]
             max_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
             top_p=settings.top_p,
-            extra_body=extra_body(request, keys[index] if keys else None, settings),
+            extra_body=body,
         )
 
 

@@ -39,7 +39,7 @@ from harness.vllm_plugin.protocol import (
     INTERVENTION_KEY,
     RECORD_KEY,
     RPC_COUNTS,
-    RPC_FETCH,
+    RPC_FETCH_ARRAYS,
     RPC_STATUS,
     THINK_KEY,
     WorkerRecord,
@@ -194,7 +194,7 @@ class VLLMBackend:
 
     def fetch_records(self, keys: Sequence[str]) -> dict[str, WorkerRecord | None]:
         """Pop the records of `keys` from every worker, merged over pipeline stages (ranks.py)."""
-        answers = self.llm.collective_rpc(RPC_FETCH, args=(json.dumps(list(keys)),))
+        answers = self.llm.collective_rpc(RPC_FETCH_ARRAYS, args=(json.dumps(list(keys)),))
         return merge_fetch(answers, keys, self._spec.moe_layers)
 
     def continuation_logprobs(

@@ -145,7 +145,7 @@ def _patch_async_generate() -> None:
 
 
 # Bump when what the plugin puts into a compiled graph changes.
-COMPILE_CACHE_FACTOR = "mote-route-hook-1"
+COMPILE_CACHE_FACTOR = "mote-route-hook-2"  # 2: the mote::route_logits op
 
 
 def _patch_compile_cache_key() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 MOE_OPS: tuple[str, ...] = ("vllm::moe_forward", "vllm::moe_forward_shared")
 ROUTE_OP = "mote::route_hook"
+LOGITS_OP = "mote::route_logits"  # before routing, on routers that mask logits (route_hook.masks_logits)
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,19 @@ class MoEPath:
     moe_op: str | None  # the opaque op the MoE body runs in ('vllm::moe_forward'), None = direct call
     router_wrapped: bool  # the router got the route hook when it was built
     router_via_op: bool  # ... as the opaque mote::route_hook op (else a plain Python call)
+    router_masks_logits: bool = False  # ... and starts with the mote::route_logits op (when via op)
 
     @property
     def hook_op(self) -> str | None:
         """The outermost opaque op in which the hook's Python runs (None: plain Python all the way)."""
         return self.moe_op or (ROUTE_OP if self.router_via_op else None)
+
+    @property
+    def hook_ops(self) -> list[str | None]:
+        """Every op a piecewise CUDA graph must split at for this layer's hooks to run on replay."""
+        if self.moe_op is None and self.router_via_op and self.router_masks_logits:
+            return [ROUTE_OP, LOGITS_OP]
+        return [self.hook_op]
 
 
 def op_name(entry: Any) -> str | None:
@@ -100,7 +109,7 @@ def compiled_hook_problem(vllm_config: Any, paths: list[MoEPath]) -> str | None:
         if not compiling:
             return f"cudagraph_mode={cudagraphs.name} without torch.compile: no piecewise split at the MoE op"
         splitting = list(compilation.splitting_ops or [])
-        missing = sorted({str(p.hook_op) for p in paths if p.hook_op is None or not _split_at(p.hook_op, splitting)})
+        missing = sorted({str(op) for p in paths for op in p.hook_ops if op is None or not _split_at(op, splitting)})
         if missing:
             return (
                 f"piecewise CUDA graphs capture {', '.join(missing)} (not in compilation_config.splitting_ops), "
@@ -138,5 +147,6 @@ def safe_compilation_config(platform_is_cpu: bool | None = None) -> dict[str, An
         "vllm::unified_mla_kv_cache_update",
         *MOE_OPS,
         ROUTE_OP,
+        LOGITS_OP,
     ]
     return {"cudagraph_mode": "PIECEWISE", "splitting_ops": splitting}

@@ -2,13 +2,14 @@
 where the routing is and fetched once per request.
 
 A request asks with `extra_args={"mote_count": key}` (optionally `"mote_think": {"open": id, "close":
-id, "prompt_opens": bool}` for the think / answer split). Each step, the worker gives every token of
+id, "prompt_opens": bool}` for the think / answer split; without "prompt_opens" the worker reads it
+from the prompt's token ids: the last open after the last close). Each step, the worker gives every token of
 the step a bucket, slot * 3 + span (host-side, from the runner's own bookkeeping: no device read), and
 each MoE layer's route hook adds its top-k ids into a pooled int32 buffer [slots * 3, layers, experts]
 with one `index_add_` (route_hook.py). Slot 0 is the trash: tokens of requests not counted, padding,
 dropped (weight 0) slots and positions counted before all land there. So per step: one host-to-device
-copy of the buckets, and per layer a few element-wise ops and the add; no per-token ids leave the
-device, and nothing waits for it until the fetch.
+copy of the buckets (as flat offsets, one row per layer), and per layer one add and the index_add_; no
+per-token ids leave the device, and nothing waits for it until the fetch.
 
 Positions: a request's tokens in a step sit at positions num_computed_tokens + 0, 1, ... (as vLLM
 builds them, `_prepare_inputs`). Positions below the highest one already counted are not counted again:
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,7 @@ class ThinkIds:
 
     open: int | None
     close: int
-    prompt_opens: bool = False
+    prompt_opens: bool | None = False  # None: from the prompt's token ids (`with_prompt`)
 
     @classmethod
     def from_data(cls, data: Any, where: str) -> ThinkIds:
@@ -62,7 +64,20 @@ class ThinkIds:
         opener = data.get("open")
         if opener is not None and not isinstance(opener, int):
             raise MoteVLLMError(f"{where}.open: expected a token id or null, got {opener!r}")
-        return cls(opener, int(data["close"]), bool(data.get("prompt_opens", False)))
+        opens = data.get("prompt_opens")
+        return cls(opener, int(data["close"]), None if opens is None else bool(opens))
+
+    def with_prompt(self, prompt_ids: Sequence[int] | None) -> ThinkIds:
+        """With `prompt_opens` read from the prompt's token ids where the client left it out: the prompt
+        ends inside a trace if its last open comes after its last close (`prompt_opens_think` on ids)."""
+        if self.prompt_opens is not None:
+            return self
+        ids = list(prompt_ids or [])
+
+        def last(token: int | None) -> int:
+            return max((i for i, t in enumerate(ids) if t == token), default=-1) if token is not None else -1
+
+        return replace(self, prompt_opens=last(self.open) > last(self.close))
 
 
 @dataclass
@@ -101,6 +116,18 @@ class StepRequests:
     thinking: np.ndarray  # bool: each one splits think / answer
 
 
+@dataclass(frozen=True)
+class DecodeStep:
+    """A step in which every counted request routed one new generated token outside any think split: the
+    next step of the same batch, one position on, has the same buckets (so `step_bases` reuses them)."""
+
+    step: StepRequests
+    n_tokens: int
+    begin: np.ndarray  # each counted request's token index in the step
+    positions: np.ndarray  # each one's position
+    bases: torch.Tensor  # what `layer_bases` gave
+
+
 class CountPool:
     """The count buffer of one worker, which request holds which slot, and per slot (host arrays) the
     prompt length, the positions counted so far and the tokens counted per span."""
@@ -116,6 +143,7 @@ class CountPool:
         self.requests: OrderedDict[str, CountedRequest] = OrderedDict()
         self.free: list[int] = [1]
         self._ones: torch.Tensor | None = None
+        self._decode: DecodeStep | None = None
 
     def _zeros(self, slots: int) -> torch.Tensor:
         # made during a step, which runs under inference mode; a fetch (outside it) zeroes a slot in
@@ -177,39 +205,92 @@ class CountPool:
         if not len(step.slots):
             return out
         index, slots = step.batch_index, step.slots
-        begin, lengths = starts[index], starts[index + 1] - starts[index]
-        owner = np.repeat(np.arange(len(slots)), lengths)
-        offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        positions = first[index][owner] + offset
-        new = positions >= self.upto[slots][owner]
-        spans = np.where(positions < self.prompt_length[slots][owner], PROMPT, ANSWER)
+        begin = starts[index]
+        lengths = starts[index + 1] - begin
+        if int(lengths.sum()) == len(index):
+            # one token per request (a decode step): no per-token expansion
+            owner: np.ndarray | None = None
+            positions = first[index].astype(np.int64)
+            at = begin
+        else:
+            owner = np.repeat(np.arange(len(slots)), lengths)
+            offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            positions = first[index][owner] + offset
+            at = begin[owner] + offset
+        token_slots = slots if owner is None else slots[owner]
+        new = positions >= self.upto[token_slots]
+        spans = np.where(positions < self.prompt_length[token_slots], PROMPT, ANSWER)
         if step.thinking.any():
             if token_ids is None:
                 raise MoteVLLMError("the think / answer split needs the step's token ids")
             # generated tokens of requests that split, in position order: one per request per decode step
-            for t in np.flatnonzero(new & (spans == ANSWER) & step.thinking[owner]):
-                request = step.counted[owner[t]]
-                spans[t] = request.span_of(int(token_ids[index[owner[t]], positions[t]]))
-        out[begin[owner] + offset] = np.where(new, slots[owner] * len(SPANS) + spans, TRASH)
+            whose = step.thinking if owner is None else step.thinking[owner]
+            for t in np.flatnonzero(new & (spans == ANSWER) & whose):
+                request = int(t) if owner is None else int(owner[t])
+                spans[t] = step.counted[request].span_of(int(token_ids[index[request], positions[t]]))
+        bucket = token_slots * len(SPANS) + spans
+        out[at] = np.where(new, bucket, TRASH)
         self.upto[slots] = np.maximum(self.upto[slots], first[index] + lengths)
-        flat = (slots[owner] * len(SPANS) + spans)[new]
-        self.tokens += np.bincount(flat, minlength=self.tokens.size).reshape(self.tokens.shape)
+        self.tokens += np.bincount(bucket[new], minlength=self.tokens.size).reshape(self.tokens.shape)
         return out
 
-    def add(self, column: int, buckets: torch.Tensor, ids: torch.Tensor, dropped: torch.Tensor | None) -> None:
-        """Count one MoE layer's top-k ids ([tokens, k]) into each token's bucket (the layer's column).
-        `buckets` holds bucket * layers * experts (`offsets`), so a layer costs an add and the index_add_."""
-        flat = (buckets + column * self.n_experts).unsqueeze(1) + ids  # int64 (buckets) + int ids: int64
+    def step_bases(
+        self,
+        step: StepRequests,
+        n_tokens: int,
+        starts: np.ndarray,
+        first: np.ndarray,
+        token_ids: np.ndarray | None,
+        device: torch.device | str,
+    ) -> torch.Tensor:
+        """`layer_bases(buckets(...))` for a step. A decode step that follows one (`DecodeStep`) reuses its
+        bases: only the positions and the tallies move, and nothing is copied to the device."""
+        index = step.batch_index
+        begin, positions = starts[index], first[index].astype(np.int64)
+        last = self._decode
+        if (
+            last is not None
+            and last.step is step
+            and last.n_tokens == n_tokens
+            and np.array_equal(last.begin, begin)
+            and np.array_equal(starts[index + 1], begin + 1)
+            and np.array_equal(last.positions + 1, positions)
+        ):
+            # every position is the one after the last counted one (so new) and generated (so answer)
+            self.upto[step.slots] = positions + 1
+            self.tokens[step.slots, ANSWER] += 1
+            self._decode = replace(last, positions=positions)
+            return last.bases
+        buckets = self.buckets(step, n_tokens, starts, first, token_ids)
+        bases = self.layer_bases(buckets, device)
+        decode = (
+            len(index) > 0
+            and not step.thinking.any()
+            and np.array_equal(starts[index + 1], begin + 1)
+            and bool((buckets[begin] == step.slots * len(SPANS) + ANSWER).all())
+        )
+        self._decode = DecodeStep(step, n_tokens, begin, positions, bases) if decode else None
+        return bases
+
+    def layer_bases(self, buckets: np.ndarray, device: torch.device | str) -> torch.Tensor:
+        """Per MoE layer, each token's offset into the flat buffer ([layers, tokens], on the device: one
+        host-to-device copy): what `add` takes, so a layer costs one add and the index_add_. int32 while
+        the buffer's offsets fit (the add with vLLM's int32 ids then needs no widening)."""
+        bases = buckets * (self.n_layers * self.n_experts) + (np.arange(self.n_layers) * self.n_experts)[:, None]
+        if self.buffer.numel() < 2**31:
+            bases = bases.astype(np.int32)
+        return torch.from_numpy(bases).to(device)
+
+    def add(self, bases: torch.Tensor, ids: torch.Tensor, dropped: torch.Tensor | None) -> None:
+        """Count one MoE layer's top-k ids ([tokens, k]) into each token's bucket; `bases` is that layer's
+        row of `layer_bases`."""
+        flat = bases.unsqueeze(1) + ids
         if dropped is not None:
             flat = flat.masked_fill(dropped, TRASH)  # flat index 0: the trash's first cell
         ones = self._ones
         if ones is None or ones.numel() < flat.numel() or ones.device != flat.device:
             ones = self._ones = torch.ones(max(flat.numel(), 4096), dtype=torch.int32, device=flat.device)
-        self.buffer.view(-1).index_add_(0, flat.reshape(-1), ones[: flat.numel()])
-
-    def offsets(self, buckets: np.ndarray) -> np.ndarray:
-        """Buckets as offsets into the flat buffer (what `add` takes)."""
-        return buckets * (self.n_layers * self.n_experts)
+        self.buffer.view(-1).index_add_(0, flat.view(-1), ones[: flat.numel()])
 
     def take(self, key: str) -> dict[str, Any] | None:
         """`key`'s counts {prompt, think, answer: [L][E]} and tokens per span (one device read), its slot
@@ -231,6 +312,7 @@ class CountPool:
         values = block.cpu().numpy().astype(np.int64)
         tokens = self.tokens[slot].tolist()
         block.zero_()
+        self._decode = None  # (a new batch scan follows anyway)
         self.tokens[slot] = 0
         self.upto[slot] = 0
         self.prompt_length[slot] = 0

@@ -7,8 +7,10 @@ Per request, in `SamplingParams.extra_args` (offline) or `vllm_xargs` (OpenAI AP
 
 Worker RPCs (`llm.collective_rpc(name, args=(json,))`, or `POST /collective_rpc` with
 `VLLM_SERVER_DEV_MODE=1`) take and return JSON-safe values, so they work over HTTP too. A record
-travels as base64 of a compressed .npz (positions, topk_ids, topk_weights, layers); a key the
-worker refuses to hand back comes as {"error": why}. Every worker answers (one per rank):
+travels as base64 of an .npz (positions, topk_ids, topk_weights, layers); a key the worker refuses
+to hand back comes as {"error": why}. In-process clients (VLLMBackend) fetch with
+`mote_fetch_arrays` instead: the same record as raw array bytes (`WorkerRecord.to_arrays`), which
+vLLM's RPC carries as binary; no npz to build or parse, no base64. Every worker answers (one per rank):
 `ranks.py` merges them.
 """
 
@@ -16,19 +18,24 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 INTERVENTION_KEY = "mote"
 RECORD_KEY = "mote_record"
 COUNT_KEY = "mote_count"  # count this request's routing on the device (counts.py), fetched with mote_counts
-THINK_KEY = "mote_think"  # with mote_count: {"open": id, "close": id, "prompt_opens": bool}, the think split
+# with mote_count: {"open": id, "close": id, "prompt_opens": bool (optional: else read from the prompt)}, the
+# think / answer split
+THINK_KEY = "mote_think"
 
 RPC_STATUS = "mote_status"
 RPC_SET_GLOBAL = "mote_set_global_intervention"
 RPC_SET_RECORDING = "mote_set_recording"
 RPC_FETCH = "mote_fetch"
+RPC_FETCH_ARRAYS = "mote_fetch_arrays"  # mote_fetch with raw array bytes (not JSON-safe: not over HTTP)
 RPC_COUNTS = "mote_counts"
 
 ERROR_FIELD = "error"
@@ -67,9 +74,32 @@ class WorkerRecord:
         )
         return base64.b64encode(buffer.getvalue()).decode("ascii")
 
+    def to_arrays(self) -> dict[str, Any]:
+        """The record as raw little-endian bytes per array, with its shape (what `mote_fetch_arrays` sends)."""
+        return {
+            "shape": list(self.topk_ids.shape),
+            "positions": self.positions.astype("<i8").tobytes(),
+            "topk_ids": self.topk_ids.astype("<i4").tobytes(),
+            "topk_weights": self.topk_weights.astype("<f4").tobytes(),
+            "layers": [int(layer) for layer in self.layers],
+        }
+
     @classmethod
-    def decode(cls, text: str) -> WorkerRecord:
-        with np.load(io.BytesIO(base64.b64decode(text))) as data:
+    def from_arrays(cls, data: Mapping[str, Any]) -> WorkerRecord:
+        shape = tuple(int(n) for n in data["shape"])
+        return cls(
+            positions=np.frombuffer(data["positions"], dtype="<i8").astype(np.int64),
+            topk_ids=np.frombuffer(data["topk_ids"], dtype="<i4").reshape(shape).astype(np.int32),
+            topk_weights=np.frombuffer(data["topk_weights"], dtype="<f4").reshape(shape).astype(np.float32),
+            layers=np.asarray(data["layers"], dtype=np.int32),
+        )
+
+    @classmethod
+    def decode(cls, answer: str | Mapping[str, Any]) -> WorkerRecord:
+        """From either fetch's answer: base64 npz (`mote_fetch`) or raw arrays (`mote_fetch_arrays`)."""
+        if not isinstance(answer, str):
+            return cls.from_arrays(answer)
+        with np.load(io.BytesIO(base64.b64decode(answer))) as data:
             return cls(
                 positions=data["positions"],
                 topk_ids=data["topk_ids"],

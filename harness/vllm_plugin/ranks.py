@@ -40,7 +40,7 @@ def merge_status(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if len(top_ks) > 1:
         raise MoteVLLMError(f"mote_status: workers report different top_k {sorted(top_ks)}")
     merged["top_k"] = top_ks.pop() if top_ks else None
-    for field in ("moe_layers", "hook_ops", "selection_edits"):
+    for field in ("moe_layers", "hook_ops", "selection_edits", "mask_before_topk"):
         union: dict[str, Any] = {}
         for answer in answers:
             union.update(answer.get(field) or {})
@@ -53,9 +53,9 @@ def merge_status(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def merge_records(answers: Sequence[Any], key: str, expected_layers: Sequence[int]) -> WorkerRecord | None:
-    """One request's record from every rank's `mote_fetch` answer (base64 npz, None, or an error
-    answer, raised); None when no rank holds it. `expected_layers` (the merged status' MoE layers) is
-    what the record must cover."""
+    """One request's record from every rank's `mote_fetch` / `mote_fetch_arrays` answer (base64 npz or
+    raw arrays, None, or an error answer, raised); None when no rank holds it. `expected_layers` (the
+    merged status' MoE layers) is what the record must cover."""
     _raise_errors(answers)
     records = [WorkerRecord.decode(a) for a in answers if a is not None]
     if not records:
@@ -109,7 +109,7 @@ def merge_counts(answers: Sequence[Any], key: str, expected_layers: Sequence[int
 def merge_fetch(
     answers: Sequence[Mapping[str, Any]], keys: Sequence[str], expected_layers: Sequence[int]
 ) -> dict[str, WorkerRecord | None]:
-    """The records of `keys` from every rank's `mote_fetch` answer ({key: base64 npz | None | error})."""
+    """The records of `keys` from every rank's fetch answer ({key: base64 npz | arrays | None | error})."""
     return {key: merge_records(per_rank, key, expected_layers) for key, per_rank in merge_keyed(answers, keys).items()}
 
 

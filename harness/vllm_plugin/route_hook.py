@@ -5,7 +5,13 @@ patch), before vLLM compiles the model: the router's `_compute_routing` becomes 
 then `route_hook(router_logits, topk_weights, topk_ids, layer_name)`". The op edits the two routing
 outputs in place and returns nothing; what it does is `router._mote_hook` (set by
 `MoteRuntime.install`; absent = pass through), the router being found by layer name in the step's
-forward context, as vLLM's own `moe_forward` op finds its layer. The layer name is the only thing
+forward context, as vLLM's own `moe_forward` op finds its layer.
+
+A router whose selection and weights a blocked logit at -inf leaves exact (softmax scoring,
+renormalised over the top-k, no correction bias, no groups: Qwen3-MoE, Mixtral; `masks_logits`) also
+starts with `mote::route_logits(router_logits, layer_name)`: a mask-mode suppression there is one
+`masked_fill_` of the logits before vLLM's own top-k (`router._mote_pre_hook`), instead of the
+selection being redone after it (selection.py). The layer name is the only thing
 the compiled graph holds, so a graph loaded from vLLM's compile cache in another process works too,
 and two engines in one process stay apart.
 
@@ -29,8 +35,11 @@ OP_NAME = "mote::route_hook"
 KEY_ATTR = "_mote_route_key"  # on a wrapped router: its layer name (what the op is called with)
 VIA_OP_ATTR = "_mote_route_via_op"  # on a wrapped router: True if it calls the op (traceable)
 HOOK_ATTR = "_mote_hook"  # on a wrapped router: the runtime's hook, or absent
+PRE_HOOK_ATTR = "_mote_pre_hook"  # on a router that masks logits: the runtime's logit hook, or absent
+MASKS_LOGITS_ATTR = "_mote_masks_logits"  # on a wrapped router: True if it starts with the logit hook
 
 Hook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+PreHook = Callable[[torch.Tensor], None]
 
 _LIBRARY: Any = None
 # Steps open with the hooks in use, in this process (`MoteRuntime.step` opens and closes them). Zero on
@@ -64,6 +73,24 @@ def route_hook(
         hook(router_logits, topk_weights, topk_ids)
 
 
+def route_logits(router_logits: torch.Tensor, layer_name: str) -> None:
+    """The logit op's body: run the logit hook of the router of `layer_name` in the current forward."""
+    if not _open_steps:
+        return
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return
+    layer = get_forward_context().no_compile_layers.get(layer_name)
+    hook = getattr(getattr(layer, "router", None), PRE_HOOK_ATTR, None)
+    if hook is not None:
+        hook(router_logits)
+
+
+def _route_logits_fake(router_logits: torch.Tensor, layer_name: str) -> None:
+    return None
+
+
 def _route_hook_fake(
     router_logits: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer_name: str
 ) -> None:
@@ -71,7 +98,7 @@ def _route_hook_fake(
 
 
 def register_op() -> None:
-    """Define `torch.ops.mote.route_hook` (once per process)."""
+    """Define `torch.ops.mote.route_hook` and `torch.ops.mote.route_logits` (once per process)."""
     global _LIBRARY
     if _LIBRARY is not None:
         return
@@ -86,17 +113,47 @@ def register_op() -> None:
         fake_impl=_route_hook_fake,
         target_lib=library,
     )
+    direct_register_custom_op(
+        op_name="route_logits",
+        op_func=route_logits,
+        mutates_args=["router_logits"],
+        fake_impl=_route_logits_fake,
+        target_lib=library,
+    )
     _LIBRARY = library
 
 
+def masks_logits(router: Any) -> bool:
+    """True if setting a blocked expert's logit to -inf before `router` routes gives exactly the routing
+    selection.py's edit gives after it: softmax scoring renormalised over the top-k (a blocked expert's
+    -inf drops out of both the selection and the weights), no correction bias, no groups, no scale."""
+    from harness.vllm_plugin.checks import MoteVLLMError
+    from harness.vllm_plugin.selection import router_math
+
+    try:
+        math = router_math(router)
+    except MoteVLLMError:
+        return False
+    return (
+        math.scoring_func == "softmax"
+        and math.renormalize
+        and math.bias is None
+        and math.n_groups <= 1
+        and math.scale == 1.0
+    )
+
+
 def wrap_router(router: Any, layer_name: str, via_op: bool) -> None:
-    """Make `router._compute_routing` end with the route hook (idempotent)."""
+    """Make `router._compute_routing` end with the route hook, and start with the logit hook where
+    `masks_logits` (idempotent)."""
     if getattr(router, KEY_ATTR, None) is not None:
         return
     original = router._compute_routing
+    pre = masks_logits(router)
     if via_op:
         register_op()
         op = torch.ops.mote.route_hook
+        logit_op = torch.ops.mote.route_logits
 
         def _compute_routing(
             hidden_states: torch.Tensor,
@@ -105,6 +162,8 @@ def wrap_router(router: Any, layer_name: str, via_op: bool) -> None:
             *,
             input_ids: torch.Tensor | None = None,
         ) -> tuple[torch.Tensor, torch.Tensor]:
+            if pre:
+                logit_op(router_logits, layer_name)
             weights, ids = original(hidden_states, router_logits, indices_type, input_ids=input_ids)
             op(router_logits, weights, ids, layer_name)
             return weights, ids
@@ -118,6 +177,10 @@ def wrap_router(router: Any, layer_name: str, via_op: bool) -> None:
             *,
             input_ids: torch.Tensor | None = None,
         ) -> tuple[torch.Tensor, torch.Tensor]:
+            if pre and _open_steps:
+                pre_hook = getattr(router, PRE_HOOK_ATTR, None)
+                if pre_hook is not None:
+                    pre_hook(router_logits)
             weights, ids = original(hidden_states, router_logits, indices_type, input_ids=input_ids)
             if _open_steps:
                 hook = getattr(router, HOOK_ATTR, None)
@@ -129,3 +192,4 @@ def wrap_router(router: Any, layer_name: str, via_op: bool) -> None:
     router._compute_routing = _compute_routing
     setattr(router, KEY_ATTR, layer_name)
     setattr(router, VIA_OP_ATTR, via_op)
+    setattr(router, MASKS_LOGITS_ATTR, pre)

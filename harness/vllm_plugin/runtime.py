@@ -10,8 +10,10 @@ engines keeps them apart). Each step, the wrapped `_model_forward` reads the sch
 A step in which no request carries any of these opens no step context: the route hooks return at
 once (route_hook.py) and the MoE layers run vLLM's own path.
 Each MoE layer's router ends with the route hook (route_hook.py, installed when the layer is built;
-`install` says what it does): vLLM's own routing runs first; tokens whose row edits the selection are re-selected with
-`selection.edited_routing`; drop-mode rows go through `drop_after_topk`; recorded ids are the
+`install` says what it does): vLLM's own routing runs first; tokens whose row edits the selection are
+re-selected with `selection.edited_routing`, except mask-only rows on routers that mask logits, whose
+blocked logits the logit hook set to -inf before vLLM's top-k (`LayerEdits`); drop-mode rows go
+through `drop_after_topk`; recorded ids are the
 logical ids, before any EPLB / expert-parallel remapping. Outside a step (profiling and warm-up
 runs) the hooks pass everything through. On a compiled engine the hooks are used only when
 `compiled.compiled_hook_problem` finds none, and every step that uses them checks at its end that
@@ -39,7 +41,15 @@ from harness.vllm_plugin.checks import MoteVLLMError, check_runner, count_proble
 from harness.vllm_plugin.compiled import MoEPath, compiled_hook_problem, op_name
 from harness.vllm_plugin.counts import CountedRequest, CountPool, StepRequests, ThinkIds
 from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, RECORD_KEY, THINK_KEY, WorkerRecord
-from harness.vllm_plugin.route_hook import HOOK_ATTR, KEY_ATTR, VIA_OP_ATTR, close_step, open_step
+from harness.vllm_plugin.route_hook import (
+    HOOK_ATTR,
+    KEY_ATTR,
+    MASKS_LOGITS_ATTR,
+    PRE_HOOK_ATTR,
+    VIA_OP_ATTR,
+    close_step,
+    open_step,
+)
 from harness.vllm_plugin.selection import RouterMath, edited_routing, router_math
 from harness.vllm_plugin.timing import StepTiming, timing_on
 
@@ -62,6 +72,51 @@ class LayerHook:
     math: RouterMath | None
     math_error: str | None
     column: int  # this layer's index in a record's layer axis (layers in ascending order)
+    masks_logits: bool = False  # its router starts with the logit hook (route_hook.masks_logits)
+
+
+@dataclass(frozen=True)
+class LayerEdits:
+    """How one MoE layer's intervention rows edit its routing this step. A mask-only row on a router that
+    masks logits is applied to the logits before vLLM's top-k (one index_fill_ for a step on one row, a
+    masked_fill_ of per-token flags otherwise); every other selection edit is redone after the top-k
+    (selection.py) from `block` / `force`, which hold only those rows."""
+
+    masked_rows: list[bool]  # per row: blocked logits set to -inf before vLLM's top-k
+    select_rows: list[bool]  # per row: the selection redone after vLLM's top-k
+    drop_rows: list[bool]
+    logit_block: torch.Tensor | None  # bool [rows, E]: the masked rows' blocked experts
+    logit_index: tuple[torch.Tensor | None, ...]  # per row: its blocked experts' ids (masked rows only)
+    block: torch.Tensor | None  # bool [rows, E]: blocked experts of the select rows
+    force: torch.Tensor | None
+
+
+def layer_edits(table: LayerTables, rows: int, n_experts: int, top_k: int, masks_logits: bool) -> LayerEdits:
+    """Split a layer's tables between the logit hook and the route hook (see LayerEdits)."""
+    blocked = [0] * rows if table.block is None else table.block.sum(dim=-1).tolist()
+    forced = [False] * rows if table.force is None else table.force.any(dim=-1).tolist()
+    # with fewer than top_k experts left a row would select a -inf expert; selection.py handles it
+    masked = [masks_logits and 0 < b <= n_experts - top_k and not f for b, f in zip(blocked, forced, strict=True)]
+    select = [(b > 0 or f) and not m for b, f, m in zip(blocked, forced, masked, strict=True)]
+
+    def only(flags: torch.Tensor | None, keep: list[bool]) -> torch.Tensor | None:
+        if flags is None or not any(keep):
+            return None
+        return flags & torch.tensor(keep, dtype=torch.bool, device=flags.device)[:, None]
+
+    logit_block = only(table.block, masked)
+    return LayerEdits(
+        masked_rows=masked,
+        select_rows=select,
+        drop_rows=[False] * rows if table.drop is None else table.drop.any(dim=-1).tolist(),
+        logit_block=logit_block,
+        # a whole step on one row fills these columns (index_fill_: a broadcast mask is slower at many experts)
+        logit_index=tuple(
+            None if logit_block is None or not m else logit_block[r].nonzero().view(-1) for r, m in enumerate(masked)
+        ),
+        block=only(table.block, select),
+        force=only(table.force, select),
+    )
 
 
 @dataclass
@@ -85,7 +140,7 @@ class StepPlan:
     row_of_req: np.ndarray  # int64 [requests]; none_row = no intervention
     none_row: int
     uniform_row: int | None  # every request on this row (then no per-token gather is needed)
-    edits: dict[int, tuple[list[bool], list[bool]]]  # layer -> per row: (edits the selection, drops)
+    edits: dict[int, LayerEdits]
 
 
 @dataclass(frozen=True)
@@ -110,12 +165,13 @@ class StepContext:
     recorded: list[tuple[str, int, int]]  # (key, start, end) in the step's tokens
     positions: np.ndarray | None  # int64 [n_tokens] when recording
     uniform_row: int | None = None
-    edits: dict[int, tuple[list[bool], list[bool]]] = field(default_factory=dict)
+    edits: dict[int, LayerEdits] = field(default_factory=dict)
     # the step's routing, [n_tokens, moe_layers, k], filled layer by layer when recording
     capture_ids: torch.Tensor | None = None
     capture_weights: torch.Tensor | None = None
     fired: dict[int, int] = field(default_factory=dict)  # layer -> hook calls this step
-    count_buckets: torch.Tensor | None = None  # long [n_tokens]: each token's bucket offset (counts.py)
+    fired_logits: dict[int, int] = field(default_factory=dict)  # layer -> logit hook calls this step
+    count_buckets: torch.Tensor | None = None  # long [layers, n_tokens]: each token's offset per layer (counts.py)
 
     @property
     def recording(self) -> bool:
@@ -211,6 +267,7 @@ class MoteRuntime:
                 moe_op=op_name(getattr(m, "_forward_entry", None)),
                 router_wrapped=getattr(m.router, KEY_ATTR, None) is not None,
                 router_via_op=bool(getattr(m.router, VIA_OP_ATTR, False)),
+                router_masks_logits=bool(getattr(m.router, MASKS_LOGITS_ATTR, False)),
             )
             for m in runners
         ]
@@ -232,9 +289,12 @@ class MoteRuntime:
                 error = None
             except MoteVLLMError as err:
                 math, error = None, str(err)
-            hook = LayerHook(layer, router, n_experts, math, error, column=-1)
+            masks = bool(getattr(router, MASKS_LOGITS_ATTR, False)) and math is not None
+            hook = LayerHook(layer, router, n_experts, math, error, column=-1, masks_logits=masks)
             if getattr(router, KEY_ATTR, None) is not None:
                 setattr(router, HOOK_ATTR, self._hook(hook))
+                if masks:
+                    setattr(router, PRE_HOOK_ATTR, self._logit_hook(hook))
             layers[layer] = hook
         self.layers = dict(sorted(layers.items()))
         for column, hook in enumerate(self.layers.values()):
@@ -370,8 +430,8 @@ class MoteRuntime:
             return None  # only refused keys: nothing to count
         batch = self.runner.input_batch
         token_ids = batch.token_ids_cpu if scan.counted.thinking.any() else None
-        buckets = self.pool.buckets(scan.counted, n_tokens, starts, batch.num_computed_tokens_cpu, token_ids)
-        return torch.from_numpy(self.pool.offsets(buckets)).to(self.runner.device)
+        first = batch.num_computed_tokens_cpu
+        return self.pool.step_bases(scan.counted, n_tokens, starts, first, token_ids, self.runner.device)
 
     def _scan_requests(self, req_ids: list[str], states: list[Any], state_ids: list[int]) -> RequestScan:
         """Each scheduled request's intervention text and record key (a request's `extra_args` never
@@ -442,6 +502,8 @@ class MoteRuntime:
         unavailable = self.count_unavailable
         try:  # checked at admission (admission.py); an error here must not stop the step
             think = None if think_data is None else ThinkIds.from_data(think_data, f"extra_args.{THINK_KEY}")
+            if think is not None:
+                think = think.with_prompt(getattr(state, "prompt_token_ids", None))
             problem = None
         except MoteVLLMError as err:
             think, problem = None, str(err)
@@ -498,12 +560,7 @@ class MoteRuntime:
         none_row = len(rows)
         row_array = np.asarray([none_row if r < 0 else r for r in row_of_req], dtype=np.int64)
         tables = self._tables_for(tuple(unique), rows, self.runner.device) if rows else {}
-        edits: dict[int, tuple[list[bool], list[bool]]] = {}
-        for layer, table in tables.items():
-            selection = [t for t in (table.block, table.force) if t is not None]
-            sel_rows = [bool(any(bool(t[r].any()) for t in selection)) for r in range(none_row + 1)]
-            drop_rows = [table.drop is not None and bool(table.drop[r].any()) for r in range(none_row + 1)]
-            edits[layer] = (sel_rows, drop_rows)
+        edits = {layer: self._layer_edits(layer, table, none_row + 1) for layer, table in tables.items()}
         distinct = set(row_array.tolist())
         plan = StepPlan(
             tables=tables,
@@ -516,6 +573,11 @@ class MoteRuntime:
         if len(self._plans) > _CACHE_SIZE:
             self._plans.popitem(last=False)
         return plan
+
+    def _layer_edits(self, layer: int, table: LayerTables, rows: int) -> LayerEdits:
+        hook = self.layers[layer]
+        top_k = int(hook.router.top_k) if hook.masks_logits else 0  # (only the logit mask needs it)
+        return layer_edits(table, rows, hook.n_experts, top_k, hook.masks_logits)
 
     def _tables_for(
         self, key: tuple[str, ...], rows: list[Intervention], device: torch.device
@@ -558,6 +620,12 @@ class MoteRuntime:
         the token count), else the step's interventions / records did not happen: a hook traced into
         a compiled graph or captured in a CUDA graph, a monolithic kernel, or a second router call."""
         wrong = {layer: step.fired.get(layer, 0) for layer in self.layers if step.fired.get(layer, 0) != 1}
+        # a layer whose logit hook was traced away would run its masked rows unmasked
+        wrong |= {
+            layer: step.fired_logits.get(layer, 0)
+            for layer, edits in step.edits.items()
+            if edits.logit_block is not None and step.fired_logits.get(layer, 0) != 1
+        }
         if wrong:
             raise MoteVLLMError(
                 f"MoTE router hooks: MoE layer -> hook calls this step {wrong} (expected exactly 1 per layer "
@@ -566,7 +634,39 @@ class MoteRuntime:
                 "this step's interventions / records did not happen; refusing to continue"
             )
 
-    # -- the router hook -------------------------------------------------------------------------
+    # -- the router hooks ------------------------------------------------------------------------
+    def _logit_hook(self, hook: LayerHook) -> Callable[[torch.Tensor], None]:
+        """What `mote::route_logits` runs for this layer: blocked logits of the step's masked rows set to
+        -inf in place, before vLLM's own routing (LayerEdits)."""
+        runtime = self
+
+        def mask(logits: torch.Tensor) -> None:
+            step = runtime.step
+            if step is None:
+                return
+            timing = runtime.timing
+            start = time.perf_counter() if timing is not None else 0.0
+            step.fired_logits[hook.layer] = step.fired_logits.get(hook.layer, 0) + 1
+            edits = step.edits.get(hook.layer)
+            if edits is not None and edits.logit_block is not None:
+                if logits.shape[0] != step.n_tokens:
+                    raise MoteVLLMError(
+                        f"layer {hook.layer}: the router saw {logits.shape[0]} tokens but the step has "
+                        f"{step.n_tokens}; token dispatch before routing is not supported by the MoTE hooks"
+                    )
+                row = step.uniform_row
+                if row is None:
+                    assert step.row_of_token is not None
+                    logits.masked_fill_(rows_for_tokens(edits.logit_block, step.row_of_token), float("-inf"))
+                else:
+                    index = edits.logit_index[row]
+                    if index is not None:
+                        logits.index_fill_(1, index, float("-inf"))
+            if timing is not None:
+                timing.hooks_s += time.perf_counter() - start
+
+        return mask
+
     def _hook(self, hook: LayerHook) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]:
         """What `mote::route_hook` runs for this layer: edit vLLM's routing outputs in place."""
         runtime = self
@@ -604,29 +704,29 @@ class MoteRuntime:
             )
         step.fired[hook.layer] = step.fired.get(hook.layer, 0) + 1
         tables = step.tables.get(hook.layer)
+        edits = step.edits.get(hook.layer)
         dropped = None
-        if tables is not None and step.uniform_row is not None:
+        if tables is not None and edits is not None and step.uniform_row is not None:
             # every token on one row: that row's flags broadcast, no per-token gather or merge
             row = step.uniform_row
-            selects, drops = step.edits[hook.layer]
-            if selects[row]:
+            if edits.select_rows[row]:
                 if hook.math is None:
                     raise MoteVLLMError(f"layer {hook.layer}: {hook.math_error}")
-                block = None if tables.block is None else tables.block[row : row + 1]
-                force = None if tables.force is None else tables.force[row : row + 1]
+                block = None if edits.block is None else edits.block[row : row + 1]
+                force = None if edits.force is None else edits.force[row : row + 1]
                 # int64 ids / float32 weights: the hook's copy_ into vLLM's outputs converts them
                 weights, ids = edited_routing(hook.math, logits, block, force)
-            if drops[row]:
+            if edits.drop_rows[row]:
                 assert tables.drop is not None
                 weights, dropped = drop_after_topk(ids, weights, tables.drop[row : row + 1].expand(ids.shape[0], -1))
-        elif tables is not None:
+        elif tables is not None and edits is not None:
             rows = step.row_of_token
             assert rows is not None
-            if tables.edits_selection:
+            if edits.block is not None or edits.force is not None:
                 if hook.math is None:
                     raise MoteVLLMError(f"layer {hook.layer}: {hook.math_error}")
-                block = None if tables.block is None else rows_for_tokens(tables.block, rows)
-                force = None if tables.force is None else rows_for_tokens(tables.force, rows)
+                block = None if edits.block is None else rows_for_tokens(edits.block, rows)
+                force = None if edits.force is None else rows_for_tokens(edits.force, rows)
                 flags = [t for t in (block, force) if t is not None]
                 touched = flags[0].any(-1) if len(flags) == 1 else (flags[0] | flags[1]).any(-1)
                 new_weights, new_ids = edited_routing(hook.math, logits, block, force)
@@ -636,7 +736,7 @@ class MoteRuntime:
                 weights, dropped = drop_after_topk(ids, weights, rows_for_tokens(tables.drop, rows))
         if step.count_buckets is not None:
             assert self.pool is not None
-            self.pool.add(hook.column, step.count_buckets, ids, dropped)
+            self.pool.add(step.count_buckets[hook.column], ids, dropped)
         if step.recording:
             self._capture(hook, step, weights, ids, dropped)
         return weights, ids

@@ -2,17 +2,19 @@
 
 Callable offline as `llm.collective_rpc("mote_status")` and over HTTP as
 `POST /collective_rpc {"method": "mote_status", "args": ["..."]}` (server started with
-`VLLM_SERVER_DEV_MODE=1`). Arguments and results are JSON-safe (the HTTP endpoint passes strings).
+`VLLM_SERVER_DEV_MODE=1`). Arguments and results are JSON-safe (the HTTP endpoint passes strings),
+except `mote_fetch_arrays` (raw bytes, for in-process clients).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from harness.mote.intervention import Intervention
 from harness.vllm_plugin.checks import MoteVLLMError, vllm_version
-from harness.vllm_plugin.protocol import error_answer
+from harness.vllm_plugin.protocol import WorkerRecord, error_answer
 
 
 class MoteWorkerExtension:
@@ -50,6 +52,9 @@ class MoteWorkerExtension:
             # step plans, and whether a step is open (only inside a forward)
             "held": runtime.held(),
             "selection_edits": {str(layer): hook.math_error or "ok" for layer, hook in runtime.layers.items()},
+            # layer -> True where a mask-mode suppression is applied to the logits before vLLM's own top-k
+            # (route_hook.masks_logits), False where the selection is redone after it
+            "mask_before_topk": {str(layer): hook.masks_logits for layer, hook in runtime.layers.items()},
             # with MOTE_VLLM_TIMING=1 in the worker's environment: cumulative seconds per part of a step
             # (harness/vllm_plugin/timing.py); None when off
             "timing": None if runtime.timing is None else runtime.timing.as_dict(),
@@ -93,6 +98,14 @@ class MoteWorkerExtension:
         """Pop the records of the given keys: key -> base64 npz (protocol.WorkerRecord), None (nothing
         recorded under it), or {"error": why} (a key two requests used, a record dropped by the cap):
         one bad key does not cost the others their records."""
+        return self._fetch(keys_json, WorkerRecord.encode)
+
+    def mote_fetch_arrays(self, keys_json: str) -> dict[str, Any]:
+        """`mote_fetch` with each record as raw array bytes (WorkerRecord.to_arrays): for in-process
+        clients, whose RPC carries bytes (not JSON-safe, so not over HTTP)."""
+        return self._fetch(keys_json, WorkerRecord.to_arrays)
+
+    def _fetch(self, keys_json: str, encode: Callable[[WorkerRecord], Any]) -> dict[str, Any]:
         runtime = self._mote()
         out: dict[str, Any] = {}
         for key in json.loads(keys_json):
@@ -101,7 +114,7 @@ class MoteWorkerExtension:
             except MoteVLLMError as err:
                 out[str(key)] = error_answer(str(err))
                 continue
-            out[str(key)] = None if record is None else record.encode()
+            out[str(key)] = None if record is None else encode(record)
         return out
 
     def mote_counts(self, keys_json: str) -> dict[str, Any]:

@@ -31,6 +31,9 @@ def test_compiled_engine_accepts_the_hooks(compiled_backend):
     assert status["hook_problem"] is None, status["hook_problem"]
     # vLLM's CPU build traces the MoE body, so the hook runs as the opaque mote::route_hook op
     assert set(status["hook_ops"].values()) == {"mote::route_hook"}
+    # Qwen3-MoE renormalises its softmax top-k: a mask is applied to the logits before vLLM's top-k, by
+    # the mote::route_logits op (route_hook.masks_logits); the masked-mode tests below run through it
+    assert set(status["mask_before_topk"].values()) == {True}
 
 
 def test_compiled_suppressed_never_chosen_and_stimulated_always_chosen(compiled_backend):

@@ -198,7 +198,7 @@ def test_count_pool_grows_and_reuses_slots():
     assert buckets.tolist() == [3, 3, 5, 0]
     assert pool.buckets(step, 4, starts, first, None).tolist() == [0, 0, 0, 0]  # recomputed: counted once
     ids = torch.tensor([[0, 1], [1, 2], [3, 0], [1, 1]])
-    pool.add(1, torch.from_numpy(pool.offsets(buckets)), ids, None)
+    pool.add(pool.layer_bases(buckets, "cpu")[1], ids, None)
     counts = pool.take("k0")
     assert counts is not None and counts["tokens"] == {"prompt": 2, "think": 0, "answer": 1}
     assert counts["prompt"][1].tolist() == [1, 2, 1, 0] and counts["answer"][1].tolist() == [1, 0, 0, 1]
@@ -222,6 +222,55 @@ def test_buckets_split_think_and_answer_by_token_ids_and_skip_other_requests():
     base_a, base_b = other.slot * 3, thinking.slot * 3
     assert buckets.tolist() == [base_a + 0, base_a + 2, base_b + 0, base_b + 1, base_b + 1, base_b + 1, base_b + 2]
     assert thinking.state == "done"
+
+
+def test_decode_step_buckets_one_token_per_request_and_count_each_position_once():
+    pool = CountPool(n_layers=1, n_experts=2, device="cpu")
+    plain = pool.open("a", "ra", 2, None)
+    thinking = pool.open("b", "rb", 1, ThinkIds(open=7, close=8))
+    step = CountPool.step_requests([(0, plain), (2, thinking)])  # batch request 1 is not counted
+    token_ids = np.array([[0] * 4, [0] * 4, [5, 7, 1, 8]])
+    starts, first = np.array([0, 1, 2, 3]), np.array([2, 9, 1])
+    buckets = pool.buckets(step, 4, starts, first, token_ids)
+    assert buckets.tolist() == [plain.slot * 3 + 2, 0, thinking.slot * 3 + 1, 0]
+    assert pool.buckets(step, 4, starts, first, token_ids).tolist() == [0, 0, 0, 0]  # recomputed
+    buckets = pool.buckets(step, 3, starts[:4], first + 1, token_ids)
+    assert buckets.tolist() == [plain.slot * 3 + 2, 0, thinking.slot * 3 + 1]  # 1 inside the trace
+    assert pool.tokens[thinking.slot].tolist() == [0, 2, 0] and pool.tokens[plain.slot].tolist() == [0, 0, 2]
+
+
+def test_without_prompt_opens_the_worker_reads_it_from_the_prompt_ids():
+    think = ThinkIds.from_data('{"open": 7, "close": 8}', "vllm_xargs.mote_think")
+    assert think.prompt_opens is None
+    assert think.with_prompt([1, 7, 2]).prompt_opens is True  # the prompt ends inside a trace
+    assert think.with_prompt([1, 7, 2, 8, 3]).prompt_opens is False  # opened and closed
+    assert think.with_prompt([1, 2]).prompt_opens is False and think.with_prompt(None).prompt_opens is False
+    given = ThinkIds.from_data({"open": 7, "close": 8, "prompt_opens": False}, "extra_args.mote_think")
+    assert given.with_prompt([7]) is given  # what the client said wins
+
+
+def test_consecutive_decode_steps_reuse_their_bases_with_the_same_counts():
+    import torch
+
+    def pools():
+        pool = CountPool(n_layers=2, n_experts=4, device="cpu")
+        held = [pool.open(f"k{i}", f"r{i}", 2, None) for i in range(3)]
+        return pool, CountPool.step_requests([(0, held[0]), (2, held[2])])  # batch request 1 not counted
+
+    reusing, step = pools()
+    fresh, fresh_step = pools()
+    starts = np.array([0, 1, 2, 3])
+    ids = torch.tensor([[0, 1], [1, 2], [3, 0], [2, 2]])
+    for first in ([5, 9, 3], [6, 10, 4], [7, 11, 5], [7, 11, 5], [9, 13, 7]):  # a repeat, then a skip
+        bases = reusing.step_bases(step, 4, starts, np.array(first), None, "cpu")
+        expected = fresh.layer_bases(fresh.buckets(fresh_step, 4, starts, np.array(first), None), "cpu")
+        assert torch.equal(bases, expected), first
+        for column in range(2):
+            reusing.add(bases[column], ids, None)
+            fresh.add(expected[column], ids, None)
+    assert torch.equal(reusing.buffer, fresh.buffer)
+    assert np.array_equal(reusing.tokens, fresh.tokens) and np.array_equal(reusing.upto, fresh.upto)
+    assert reusing.tokens[step.slots, 2].tolist() == [4, 4]  # the repeated step counted nothing
 
 
 def test_a_count_key_reused_by_another_request_is_refused():

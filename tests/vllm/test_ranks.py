@@ -126,3 +126,12 @@ def test_count_maps_of_two_stages_merge_by_layer():
 
 def test_keyed_answers_gather_every_rank():
     assert merge_keyed([{"a": 1, "b": 2}, {"a": 3}], ["a", "b"]) == {"a": [1, 3], "b": [2, None]}
+
+
+def test_a_record_round_trips_through_both_wire_forms():
+    record = full_record(n_tokens=7, seed=3)
+    for answer in (record.encode(), record.to_arrays()):
+        back = WorkerRecord.decode(answer)
+        for field in ("positions", "topk_ids", "topk_weights", "layers"):
+            assert np.array_equal(getattr(back, field), getattr(record, field)), field
+            assert getattr(back, field).dtype == getattr(record, field).dtype, field

@@ -85,3 +85,64 @@ def test_one_broadcast_row_of_flags_equals_the_same_flags_per_token():
         each = edited_routing(math, logits, block.expand(T, E), force.expand(T, E))
         assert torch.equal(one[1], each[1]) and torch.equal(one[0], each[0])
         assert not torch.isin(one[1], torch.tensor([2, 9])).any() and (one[1] == 5).any(-1).all()
+
+
+def test_masking_logits_before_vllms_softmax_topk_equals_the_edit_after_it():
+    """Where route_hook.masks_logits holds (softmax renormalised over the top-k, no bias), a mask is one
+    -inf fill of the logits before vLLM's own top-k: same experts, same weights as selection.py's edit."""
+    from vllm.model_executor.layers.fused_moe.router.cpu_router import _softmax_topk
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(T, E, generator=gen)
+    block = torch.zeros(T, E, dtype=torch.bool)
+    block[:, [0, 3, 9]] = True
+    block[::2, 11] = True  # tokens on two rows
+    math = RouterMath(top_k=K, scoring_func="softmax", renormalize=True, n_groups=0, topk_group=0, bias=None, scale=1.0)
+    edited_w, edited_ids = edited_routing(math, logits, block, None)
+    weights, ids = _softmax_topk(logits.masked_fill(block, float("-inf")), K, True)
+    order, edited_order = ids.long().sort(-1), edited_ids.sort(-1)
+    assert torch.equal(order.values, edited_order.values)
+    assert not block.gather(1, order.values).any()
+    assert torch.allclose(weights.gather(1, order.indices), edited_w.gather(1, edited_order.indices))
+
+
+def test_only_renormalised_unbiased_softmax_routers_mask_logits():
+    from vllm.model_executor.layers.fused_moe.router.cpu_router import CPURouter
+
+    from harness.vllm_plugin.route_hook import masks_logits
+
+    assert masks_logits(CPURouter(top_k=2, global_num_experts=8, renormalize=True))
+    # without renormalisation a blocked expert would leave the softmax's denominator too
+    assert not masks_logits(CPURouter(top_k=2, global_num_experts=8, renormalize=False))
+    grouped = CPURouter(
+        top_k=2,
+        global_num_experts=16,
+        use_grouped_topk=True,
+        num_expert_group=4,
+        topk_group=2,
+        scoring_func="sigmoid",
+        e_score_correction_bias=torch.zeros(16),
+    )
+    assert not masks_logits(grouped)
+
+
+def test_layer_edits_send_mask_only_rows_to_the_logits_and_the_rest_after_topk():
+    from harness.mote.routing import LayerTables
+    from harness.vllm_plugin.runtime import layer_edits
+
+    block = torch.zeros(4, 8, dtype=torch.bool)
+    force = torch.zeros(4, 8, dtype=torch.bool)
+    block[0, 1] = True  # mask only: before top-k
+    block[1, 2], force[1, 5] = True, True  # mask and stimulate: redone after
+    block[2, :7] = True  # fewer than top_k experts left: redone after
+    # row 3: no intervention
+    table = LayerTables(block=block, force=force)
+    edits = layer_edits(table, 4, n_experts=8, top_k=2, masks_logits=True)
+    assert edits.masked_rows == [True, False, False, False]
+    assert edits.select_rows == [False, True, True, False]
+    assert edits.logit_block is not None and edits.block is not None and edits.force is not None
+    assert torch.equal(edits.logit_block[0], block[0]) and not edits.logit_block[1:].any()
+    assert not edits.block[0].any() and torch.equal(edits.block[1:3], block[1:3])
+    plain = layer_edits(table, 4, n_experts=8, top_k=2, masks_logits=False)
+    assert plain.masked_rows == [False] * 4 and plain.logit_block is None
+    assert plain.select_rows == [True, True, True, False]

@@ -133,6 +133,32 @@ def test_openai_backend_matches_hf_through_the_server(server, hf_backend):
         assert np.array_equal(np.sort(got.routing.topk_ids, -1), np.sort(expected.routing.topk_ids, -1))
 
 
+def test_openai_backend_span_counts_from_the_servers_device_equal_those_of_per_token_records(server):
+    """What `harness run` keeps of a served model's discovery (span counts) comes from device-side counts
+    over vllm_xargs, equal to the per-token records' (the server reads whether the prompt opened a trace)."""
+    from harness.backends.base import GenerationRequest, GenerationSettings
+    from harness.backends.openai_backend import OpenAIBackend
+    from harness.mote.records import Span
+
+    base, model = server
+    client = OpenAIBackend(base, model, model)
+    assert client.think_ids is not None  # the tiny model's <think> / </think> are single tokens
+    prompt = "What happened in the city last year? Let me think about it step by step."
+    ivs = [Intervention.none(), Intervention.suppress({0: [0, 1], 2: [2]}, mode="drop")]
+    requests = [GenerationRequest(id=str(i), prompt=prompt, intervention=iv) for i, iv in enumerate(ivs)]
+    per_token = client.generate(requests, GenerationSettings(max_new_tokens=12, record_routing=True))
+    counted = client.generate(
+        requests, GenerationSettings(max_new_tokens=12, record_routing=True, routing_counts_only=True)
+    )
+    n_experts = max(client.spec.n_experts.values())
+    for reference, device in zip(per_token, counted, strict=True):
+        assert device.routing is None and device.span_counts is not None and reference.routing is not None
+        expected = reference.routing.span_counts(n_experts)
+        for span in Span:
+            assert device.span_counts.tokens[span] == expected.tokens[span], (reference.id, span)
+            assert np.array_equal(device.span_counts.counts[span], expected.counts[span]), (reference.id, span)
+
+
 def test_harness_run_with_backend_openai_runs_every_condition_through_the_server(server, tmp_path):
     from harness.run.runner import Runner
     from harness.suite.schema import load_suite

@@ -212,3 +212,48 @@ def test_a_real_capture_with_expert_zero_is_accepted():
     ids = np.tile(np.asarray([[0, 5]], dtype=np.int32), (4, 3, 1))
     record = WorkerRecord(np.arange(4), ids, np.ones_like(ids, dtype=np.float32), np.arange(3, dtype=np.int32))
     reject_all_zero(record, "req")
+
+
+def test_piecewise_cuda_graphs_around_a_traced_router_that_masks_logits_need_both_mote_ops_split():
+    from vllm.config import CUDAGraphMode
+
+    config = _compiled_runner(CUDAGraphMode.PIECEWISE).vllm_config
+    traced = MoEPath(
+        name="model.layers.0.mlp.experts",
+        moe_op=None,
+        router_wrapped=True,
+        router_via_op=True,
+        router_masks_logits=True,
+    )
+    config.compilation_config.splitting_ops = ["vllm::unified_attention_with_output", "mote::route_hook"]
+    problem = compiled_hook_problem(config, [traced])
+    assert problem is not None and "mote::route_logits" in problem
+    config.compilation_config.splitting_ops = safe_compilation_config(platform_is_cpu=False)["splitting_ops"]
+    assert compiled_hook_problem(config, [traced]) is None
+
+
+def test_a_step_whose_logit_hook_did_not_run_is_refused():
+    """A masked row relies on the logit hook: if it was traced away, the step fails instead of running
+    the row unmasked."""
+    from harness.vllm_plugin.runtime import LayerEdits, LayerHook, StepContext
+
+    runtime = MoteRuntime(_compiled_runner())
+    runtime.layers = {0: LayerHook(0, None, 4, None, None, column=0, masks_logits=True)}
+    block = torch.tensor([[True, False, False, False], [False] * 4])
+    edits = LayerEdits(
+        masked_rows=[True, False],
+        select_rows=[False, False],
+        drop_rows=[False, False],
+        logit_block=block,
+        logit_index=(torch.tensor([0]), None),
+        block=None,
+        force=None,
+    )
+    step = StepContext(
+        n_tokens=3, tables={}, row_of_token=None, recorded=[], positions=None, uniform_row=0, edits={0: edits}
+    )
+    step.fired[0] = 1
+    with pytest.raises(MoteVLLMError, match="hook calls this step"):
+        runtime.check_fired(step)
+    step.fired_logits[0] = 1
+    runtime.check_fired(step)

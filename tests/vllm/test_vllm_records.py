@@ -208,3 +208,27 @@ def test_engine_refuses_a_record_key_two_requests_used(vllm_backend):
     with pytest.raises(MoteVLLMError, match="give every request its own key"):
         engine.fetch_records(["shared-key"])
     assert engine.fetch_records(["shared-key"]) == {"shared-key": None}  # refused once, then gone
+
+
+def test_both_fetches_hand_back_the_same_record(vllm_backend):
+    """`mote_fetch` (base64 npz, JSON-safe for HTTP) and `mote_fetch_arrays` (raw bytes, what VLLMBackend
+    uses) carry the same record: two greedy requests of one prompt, one fetched each way."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from harness.backends.base import GenerationRequest
+    from harness.vllm_plugin.protocol import RPC_FETCH_ARRAYS, WorkerRecord
+
+    engine = vllm_backend("qwen3_moe")
+    text = engine.prompt_text(GenerationRequest(id="x", prompt=PROMPT))
+    prompt = TokensPrompt(prompt_token_ids=engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+    params = [SamplingParams(max_tokens=6, temperature=0.0, extra_args={RECORD_KEY: key}) for key in ("npz", "raw")]
+    engine.llm.generate([prompt, prompt], params, use_tqdm=False)
+    (npz,) = engine.llm.collective_rpc(RPC_FETCH, args=(json.dumps(["npz"]),))
+    (raw,) = engine.llm.collective_rpc(RPC_FETCH_ARRAYS, args=(json.dumps(["raw"]),))
+    assert isinstance(npz["npz"], str) and isinstance(raw["raw"]["topk_ids"], bytes)
+    a, b = WorkerRecord.decode(npz["npz"]), WorkerRecord.decode(raw["raw"])
+    assert a.topk_ids.shape[0] > 6 and a.topk_ids.dtype == b.topk_ids.dtype == np.int32
+    for field in ("positions", "topk_ids", "topk_weights", "layers"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    b.topk_ids[0, 0, 0] = -1  # a decoded record is the caller's own (writable) copy
