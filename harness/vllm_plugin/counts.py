@@ -3,10 +3,10 @@ where the routing is and fetched once per request.
 
 A request asks with `extra_args={"mote_count": key}` (optionally `"mote_think": {"open": id, "close":
 id, "prompt_opens": bool}` for the think / answer split; without "prompt_opens" the worker reads it
-from the prompt's token ids: the last open after the last close). Each step, the worker gives every token of
-the step a bucket, slot * 3 + span (host-side, from the runner's own bookkeeping: no device read), and
-each MoE layer's route hook adds its top-k ids into a pooled int32 buffer [slots * 3, layers, experts]
-with one `index_add_` (route_hook.py). Slot 0 is the trash: tokens of requests not counted, padding,
+from the prompt's token ids: the last open after the last close). Each step, the worker gives every
+token of the step a bucket, slot * 3 + span (host-side, from the runner's own bookkeeping: no device
+read), and each MoE layer's route hook adds its top-k ids into a pooled int32 buffer [slots * 3,
+layers, experts] with one `index_add_` (route_hook.py). Slot 0 is the trash: tokens of requests not counted, padding,
 dropped (weight 0) slots and positions counted before all land there. So per step: one host-to-device
 copy of the buckets (as flat offsets, one row per layer), and per layer one add and the index_add_; no
 per-token ids leave the device, and nothing waits for it until the fetch.
@@ -207,7 +207,7 @@ class CountPool:
         index, slots = step.batch_index, step.slots
         begin = starts[index]
         lengths = starts[index + 1] - begin
-        if int(lengths.sum()) == len(index):
+        if bool((lengths == 1).all()):
             # one token per request (a decode step): no per-token expansion
             owner: np.ndarray | None = None
             positions = first[index].astype(np.int64)
