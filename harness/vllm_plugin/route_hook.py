@@ -10,7 +10,7 @@ forward context, as vLLM's own `moe_forward` op finds its layer.
 A router whose selection and weights a blocked logit at -inf leaves exact (softmax scoring,
 renormalised over the top-k, no correction bias, no groups: Qwen3-MoE, Mixtral; `masks_logits`) also
 starts with `mote::route_logits(router_logits, layer_name)`: a mask-mode suppression there is one
-`masked_fill_` of the logits before vLLM's own top-k (`router._mote_pre_hook`), instead of the
+fill of the logits with -inf before vLLM's own top-k (`router._mote_pre_hook`), instead of the
 selection being redone after it (selection.py). The layer name is the only thing
 the compiled graph holds, so a graph loaded from vLLM's compile cache in another process works too,
 and two engines in one process stay apart.
@@ -39,7 +39,6 @@ PRE_HOOK_ATTR = "_mote_pre_hook"  # on a router that masks logits: the runtime's
 MASKS_LOGITS_ATTR = "_mote_masks_logits"  # on a wrapped router: True if it starts with the logit hook
 
 Hook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
-PreHook = Callable[[torch.Tensor], None]
 
 _LIBRARY: Any = None
 # Steps open with the hooks in use, in this process (`MoteRuntime.step` opens and closes them). Zero on
