@@ -37,7 +37,7 @@ from harness.vllm_plugin.protocol import (
     THINK_KEY,
     WorkerRecord,
 )
-from harness.vllm_plugin.ranks import merge_counts, merge_fetch, merge_keyed, merge_status
+from harness.vllm_plugin.ranks import merge_count_answers, merge_fetch, merge_status
 
 
 class OpenAIBackend:
@@ -159,11 +159,7 @@ class OpenAIBackend:
 
     def fetch_counts(self, keys: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         """Pop the device-side counts of `keys` from every worker, merged over pipeline stages."""
-        answers = self.rpc(RPC_COUNTS, json.dumps(list(keys)))
-        return {
-            key: merge_counts(per_rank, key, self._spec.moe_layers)
-            for key, per_rank in merge_keyed(answers, keys).items()
-        }
+        return merge_count_answers(self.rpc(RPC_COUNTS, json.dumps(list(keys))), keys, self._spec.moe_layers)
 
     def _complete(
         self, request: GenerationRequest, keys: list[str], index: int, settings: GenerationSettings, counted: bool

@@ -44,7 +44,7 @@ from harness.vllm_plugin.protocol import (
     THINK_KEY,
     WorkerRecord,
 )
-from harness.vllm_plugin.ranks import merge_counts, merge_fetch, merge_keyed, merge_status
+from harness.vllm_plugin.ranks import merge_count_answers, merge_fetch, merge_status
 
 
 class VLLMBackend:
@@ -187,10 +187,7 @@ class VLLMBackend:
     def fetch_counts(self, keys: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         """Pop the device-side counts of `keys` from every worker, merged over pipeline stages."""
         answers = self.llm.collective_rpc(RPC_COUNTS, args=(json.dumps(list(keys)),))
-        return {
-            key: merge_counts(per_rank, key, self._spec.moe_layers)
-            for key, per_rank in merge_keyed(answers, keys).items()
-        }
+        return merge_count_answers(answers, keys, self._spec.moe_layers)
 
     def fetch_records(self, keys: Sequence[str]) -> dict[str, WorkerRecord | None]:
         """Pop the records of `keys` from every worker, merged over pipeline stages (ranks.py)."""

@@ -113,6 +113,13 @@ def merge_fetch(
     return {key: merge_records(per_rank, key, expected_layers) for key, per_rank in merge_keyed(answers, keys).items()}
 
 
+def merge_count_answers(
+    answers: Sequence[Mapping[str, Any]], keys: Sequence[str], expected_layers: Sequence[int]
+) -> dict[str, dict[str, Any] | None]:
+    """The count maps of `keys` from every rank's `mote_counts` answer, merged over pipeline stages."""
+    return {key: merge_counts(per_rank, key, expected_layers) for key, per_rank in merge_keyed(answers, keys).items()}
+
+
 def merge_keyed(answers: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list[Any]]:
     """key -> every rank's answer for it, from per-rank {key: answer} dicts."""
     return {key: [answer.get(key) for answer in answers] for key in keys}
