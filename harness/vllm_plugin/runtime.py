@@ -41,6 +41,7 @@ from harness.vllm_plugin.checks import MoteVLLMError, check_runner, count_proble
 from harness.vllm_plugin.compiled import MoEPath, compiled_hook_problem, op_name
 from harness.vllm_plugin.counts import CountedRequest, CountPool, StepRequests, ThinkIds
 from harness.vllm_plugin.protocol import COUNT_KEY, INTERVENTION_KEY, RECORD_KEY, THINK_KEY, WorkerRecord
+from harness.vllm_plugin.record_arena import RecordArena
 from harness.vllm_plugin.route_hook import (
     HOOK_ATTR,
     KEY_ATTR,
@@ -121,13 +122,14 @@ def layer_edits(table: LayerTables, rows: int, n_experts: int, top_k: int, masks
 
 @dataclass
 class PendingRecord:
-    """One record key's routing, kept until fetched. The request id guards against a key reused by
-    another request (a second run with the same key, n > 1 samples of one prompt), whose routing
-    would otherwise merge into this record position by position."""
+    """One record key, until fetched; its routing is the arena's rows of `owner` (record_arena.py).
+    The request id guards against a key reused by another request (a second run with the same key,
+    n > 1 samples of one prompt), whose routing would otherwise merge into this record position by
+    position."""
 
     request_id: str
     prompt_length: int
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    owner: int  # this record's rows in the arena
     conflict: str | None = None  # set when another request used the same key
 
 
@@ -152,8 +154,10 @@ class RequestScan:
     record_all: bool
     texts: tuple[str | None, ...]  # each request's `mote` extra arg
     any_text: bool
-    recorded_slots: np.ndarray  # int64: indices of the recorded requests
-    recorded_keys: list[str]  # their record keys (keys dropped by the cap are not recorded)
+    # each request's record owner (-1: not recorded; keys dropped by the cap are not recorded), None if
+    # no request is recorded
+    owner_of_req: np.ndarray | None
+    all_recorded: bool  # every request recorded
     counted: StepRequests | None  # the counted requests (device-side counts), None if none
 
 
@@ -162,8 +166,9 @@ class StepContext:
     n_tokens: int  # tokens in this forward (padding included)
     tables: dict[int, LayerTables]
     row_of_token: torch.Tensor | None  # long [n_tokens]; None when every token is on uniform_row
-    recorded: list[tuple[str, int, int]]  # (key, start, end) in the step's tokens
-    positions: np.ndarray | None  # int64 [n_tokens] when recording
+    record_owner: np.ndarray | None  # int32 [scheduled tokens]: each token's record owner, -1 = none
+    all_recorded: bool  # every scheduled token recorded
+    positions: np.ndarray | None  # int64 [n_tokens] when recording (a view of the runner's on CPU)
     uniform_row: int | None = None
     edits: dict[int, LayerEdits] = field(default_factory=dict)
     # the step's routing, [n_tokens, moe_layers, k], filled layer by layer when recording
@@ -175,7 +180,7 @@ class StepContext:
 
     @property
     def recording(self) -> bool:
-        return bool(self.recorded)
+        return self.record_owner is not None
 
 
 def _max_pending() -> int:
@@ -198,6 +203,8 @@ class MoteRuntime:
         self.record_all = False
         self._step: StepContext | None = None
         self.records: OrderedDict[str, PendingRecord] = OrderedDict()  # oldest first
+        self.arena = RecordArena()  # the records' routing
+        self._owners = 0  # owners handed out
         self.max_pending = _max_pending()
         self.dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped by the cap, not fetched yet
         self.pool: CountPool | None = None  # device-side counts (counts.py), made on first use
@@ -382,7 +389,7 @@ class MoteRuntime:
         if scan is None or scan.state_ids != state_ids or scan.req_ids != req_ids or scan.record_all != self.record_all:
             scan = self._scan_requests(req_ids, states, state_ids)
         global_iv, global_fp = self._global_parsed()
-        if global_iv.is_none and not scan.recorded_keys and not scan.any_text and scan.counted is None:
+        if global_iv.is_none and scan.owner_of_req is None and not scan.any_text and scan.counted is None:
             return
         self.install()
         if self.hook_problem is not None:
@@ -401,21 +408,21 @@ class MoteRuntime:
             rows = np.full(n_tokens, plan.none_row, dtype=np.int64)
             rows[: int(starts[-1])] = np.repeat(plan.row_of_req, np.diff(starts))
             row_of_token = torch.from_numpy(rows).to(runner.device)
-        recorded: list[tuple[str, int, int]] = []
-        pos = None
-        if scan.recorded_keys:
-            slots = scan.recorded_slots
-            recorded = list(zip(scan.recorded_keys, starts[slots].tolist(), starts[slots + 1].tolist(), strict=True))
+        owner = pos = None
+        if scan.owner_of_req is not None:
+            scheduled = int(starts[-1])
+            owner = np.repeat(scan.owner_of_req, np.diff(starts))
             if positions is not None:
                 flat = positions[0] if positions.dim() == 2 else positions
-                # a copy: on CPU this is a view of the runner's persistent positions buffer
-                pos = flat[:n_tokens].to("cpu", torch.int64).numpy().copy()
+                # on CPU a view of the runner's positions buffer, which holds until end_step copies it
+                pos = flat[:scheduled].to("cpu", torch.int64).numpy()
         self.hooked_steps += 1
         self.step = StepContext(
             n_tokens=n_tokens,
             tables=plan.tables,
             row_of_token=row_of_token,
-            recorded=recorded,
+            record_owner=owner,
+            all_recorded=scan.all_recorded,
             positions=pos,
             uniform_row=uniform,
             edits=plan.edits,
@@ -458,15 +465,16 @@ class MoteRuntime:
             keys.append(record_key)
         # keys the cap dropped (this scan may drop an earlier one) or two requests share are never kept:
         # their steps are not captured at all
-        slots = [i for i, key in enumerate(keys) if key is not None and self._keeps(key)]
+        owners = [self._owner_of(key) for key in keys]
+        recorded = any(owner >= 0 for owner in owners)
         scan = RequestScan(
             req_ids=list(req_ids),
             state_ids=state_ids,
             record_all=record_all,
             texts=tuple(texts),
             any_text=any(texts),
-            recorded_slots=np.asarray(slots, dtype=np.int64),
-            recorded_keys=[str(keys[i]) for i in slots],
+            owner_of_req=np.asarray(owners, dtype=np.int32) if recorded else None,
+            all_recorded=all(owner >= 0 for owner in owners),
             counted=CountPool.step_requests(counted) if counted else None,
         )
         self._scan = scan
@@ -479,7 +487,9 @@ class MoteRuntime:
             return False
         pending = self.records.get(key)
         if pending is None:
-            self.records[key] = PendingRecord(request_id, int(getattr(state, "num_prompt_tokens", 0) or 0))
+            prompt_length = int(getattr(state, "num_prompt_tokens", 0) or 0)
+            self.records[key] = PendingRecord(request_id, prompt_length, owner=self._owners)
+            self._owners += 1
             self._enforce_cap()
             return key in self.records
         if pending.request_id != request_id and pending.conflict is None:
@@ -519,16 +529,18 @@ class MoteRuntime:
             self._enforce_cap()
         return counted if key in self.pool.requests else None
 
-    def _keeps(self, key: str) -> bool:
-        pending = self.records.get(key)
-        return pending is not None and pending.conflict is None
+    def _owner_of(self, key: str | None) -> int:
+        """The arena owner a step records `key`'s tokens under; -1 for no key, or one not kept."""
+        pending = None if key is None else self.records.get(key)
+        return -1 if pending is None or pending.conflict is not None else pending.owner
 
     def _enforce_cap(self) -> None:
         while len(self.records) + (len(self.pool.requests) if self.pool else 0) > self.max_pending:
             if self.pool is not None and self.pool.requests and not self.records:
                 key = self.pool.drop_oldest()
             else:
-                key, _ = self.records.popitem(last=False)
+                key, pending = self.records.popitem(last=False)
+                self.arena.discard(pending.owner)
             self.dropped[key] = None
             if len(self.dropped) > self.max_pending:
                 self.dropped.popitem(last=False)
@@ -598,22 +610,16 @@ class MoteRuntime:
         if not step.recording:
             return
         assert step.capture_ids is not None and step.capture_weights is not None  # check_fired: every layer ran
-        ids_np, weights_np = step.capture_ids.cpu().numpy(), step.capture_weights.cpu().numpy()
-        assert step.positions is not None
-        records = self.records
-        # Views of this step's arrays when most of its tokens are recorded (the common case: no
-        # per-request copies); copies otherwise, so a small record never holds a big step alive.
-        views = 2 * sum(end - start for _, start, end in step.recorded) >= step.n_tokens
-        positions = step.positions
-        for key, start, end in step.recorded:
-            pending = records.get(key)
-            if pending is None or pending.conflict is not None:
-                continue  # dropped by the cap, or refused at fetch anyway
-            if views:
-                part = (positions[start:end], ids_np[start:end], weights_np[start:end])
-            else:
-                part = (positions[start:end].copy(), ids_np[start:end].copy(), weights_np[start:end].copy())
-            pending.parts.append(part)
+        owner, positions = step.record_owner, step.positions
+        assert owner is not None and positions is not None
+        # one append for the whole step (the scan left out keys dropped by the cap or refused)
+        scheduled = len(owner)
+        ids, weights = step.capture_ids[:scheduled].cpu().numpy(), step.capture_weights[:scheduled].cpu().numpy()
+        if step.all_recorded:
+            self.arena.append(owner, positions, ids, weights)
+        else:
+            keep = owner >= 0
+            self.arena.append(owner[keep], positions[keep], ids[keep], weights[keep])
 
     def check_fired(self, step: StepContext) -> None:
         """Every hooked MoE layer's router hook ran exactly once on this step's tokens (`_apply` checks
@@ -762,6 +768,7 @@ class MoteRuntime:
         fetched (capped), and caches bounded by _CACHE_SIZE; nothing per request beyond those."""
         return {
             "records": len(self.records),
+            "record_rows": self.arena.live,
             "dropped_keys": len(self.dropped),
             "parsed_interventions": len(self._parsed),
             "tables": len(self._tables),
@@ -812,13 +819,12 @@ class MoteRuntime:
         if pending is None:
             return None, 0
         if pending.conflict is not None:
+            self.arena.discard(pending.owner)
             raise MoteVLLMError(pending.conflict)
-        parts = pending.parts
-        if not parts:
+        rows = self.arena.take(pending.owner)
+        if rows is None:
             return None, 0
-        positions = np.concatenate([p for p, _, _ in parts])
-        ids = np.concatenate([i for _, i, _ in parts])
-        weights = np.concatenate([w for _, _, w in parts])
+        positions, ids, weights = rows
         # a position routed twice (preemption recompute) keeps its first routing, the one that produced
         # the request's tokens (as the device-side counts do, counts.py)
         order = np.argsort(positions, kind="stable")
