@@ -120,6 +120,11 @@ def layer_edits(table: LayerTables, rows: int, n_experts: int, top_k: int, masks
     )
 
 
+def logit_layers(edits: dict[int, LayerEdits]) -> tuple[int, ...]:
+    """The layers whose edits mask logits: their logit hook must run on the step (`check_fired`)."""
+    return tuple(layer for layer, e in edits.items() if e.logit_block is not None)
+
+
 @dataclass
 class PendingRecord:
     """One record key, until fetched; its routing is the arena's rows of `owner` (record_arena.py).
@@ -143,6 +148,7 @@ class StepPlan:
     none_row: int
     uniform_row: int | None  # every request on this row (then no per-token gather is needed)
     edits: dict[int, LayerEdits]
+    logit_layers: tuple[int, ...]  # layers whose edits mask logits (their logit hook must run)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,7 @@ class StepContext:
     positions: np.ndarray | None  # int64 [n_tokens] when recording (a view of the runner's on CPU)
     uniform_row: int | None = None
     edits: dict[int, LayerEdits] = field(default_factory=dict)
+    logit_layers: tuple[int, ...] = ()  # StepPlan.logit_layers
     # the step's routing, [n_tokens, moe_layers, k], filled layer by layer when recording
     capture_ids: torch.Tensor | None = None
     capture_weights: torch.Tensor | None = None
@@ -205,6 +212,7 @@ class MoteRuntime:
         self.records: OrderedDict[str, PendingRecord] = OrderedDict()  # oldest first
         self.arena = RecordArena()  # the records' routing
         self._owners = 0  # owners handed out
+        self._capture_kept: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids, weights): _capture_buffers
         self.max_pending = _max_pending()
         self.dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped by the cap, not fetched yet
         self.pool: CountPool | None = None  # device-side counts (counts.py), made on first use
@@ -376,7 +384,8 @@ class MoteRuntime:
         return output
 
     def begin_step(self, n_tokens: int, positions: torch.Tensor | None) -> None:
-        self.step = None
+        if self._step is not None:
+            self.step = None
         runner = self.runner
         num_reqs = int(runner.input_batch.num_reqs)
         if num_reqs == 0:
@@ -411,11 +420,12 @@ class MoteRuntime:
         owner = pos = None
         if scan.owner_of_req is not None:
             scheduled = int(starts[-1])
-            owner = np.repeat(scan.owner_of_req, np.diff(starts))
+            # one token per request (a decode step): the requests' owners are the tokens'
+            owner = scan.owner_of_req if scheduled == num_reqs else np.repeat(scan.owner_of_req, np.diff(starts))
             if positions is not None:
-                flat = positions[0] if positions.dim() == 2 else positions
+                flat = (positions[0] if positions.dim() == 2 else positions)[:scheduled]
                 # on CPU a view of the runner's positions buffer, which holds until end_step copies it
-                pos = flat[:scheduled].to("cpu", torch.int64).numpy()
+                pos = flat.numpy() if flat.device.type == "cpu" and flat.dtype == torch.int64 else flat.cpu().numpy()
         self.hooked_steps += 1
         self.step = StepContext(
             n_tokens=n_tokens,
@@ -426,6 +436,7 @@ class MoteRuntime:
             positions=pos,
             uniform_row=uniform,
             edits=plan.edits,
+            logit_layers=plan.logit_layers,
             count_buckets=self._count_buckets(scan, starts, n_tokens) if scan.counted is not None else None,
         )
 
@@ -580,6 +591,7 @@ class MoteRuntime:
             none_row=none_row,
             uniform_row=distinct.pop() if len(distinct) == 1 else None,
             edits=edits,
+            logit_layers=logit_layers(edits),
         )
         self._plans[cache_key] = plan
         if len(self._plans) > _CACHE_SIZE:
@@ -625,13 +637,18 @@ class MoteRuntime:
         """Every hooked MoE layer's router hook ran exactly once on this step's tokens (`_apply` checks
         the token count), else the step's interventions / records did not happen: a hook traced into
         a compiled graph or captured in a CUDA graph, a monolithic kernel, or a second router call."""
-        wrong = {layer: step.fired.get(layer, 0) for layer in self.layers if step.fired.get(layer, 0) != 1}
+        fired, fired_logits = step.fired, step.fired_logits
+        # (the hooks only count installed layers, each call adds 1: a count per layer and a sum equal to
+        # it mean exactly one call each)
+        if (
+            len(fired) == len(self.layers)
+            and sum(fired.values()) == len(fired)
+            and all(fired_logits.get(layer) == 1 for layer in step.logit_layers)
+        ):
+            return
+        wrong = {layer: fired.get(layer, 0) for layer in self.layers if fired.get(layer, 0) != 1}
         # a layer whose logit hook was traced away would run its masked rows unmasked
-        wrong |= {
-            layer: step.fired_logits.get(layer, 0)
-            for layer, edits in step.edits.items()
-            if edits.logit_block is not None and step.fired_logits.get(layer, 0) != 1
-        }
+        wrong |= {layer: fired_logits.get(layer, 0) for layer in step.logit_layers if fired_logits.get(layer) != 1}
         if wrong:
             raise MoteVLLMError(
                 f"MoTE router hooks: MoE layer -> hook calls this step {wrong} (expected exactly 1 per layer "
@@ -753,15 +770,26 @@ class MoteRuntime:
         """Copy the layer's final routing into the step's buffers (in a compiled graph the routing
         outputs' memory is reused after the layer); a dropped slot is recorded as -1."""
         if step.capture_ids is None:
-            shape = (ids.shape[0], len(self.layers), ids.shape[1])
-            step.capture_ids = torch.empty(shape, dtype=torch.int32, device=ids.device)
-            step.capture_weights = torch.empty(shape, dtype=torch.float32, device=ids.device)
+            step.capture_ids, step.capture_weights = self._capture_buffers(ids.shape[0], ids.shape[1], ids.device)
         assert step.capture_weights is not None
         column = step.capture_ids[:, hook.column]
         column.copy_(ids)
         if dropped is not None:
             column.masked_fill_(dropped, -1)
         step.capture_weights[:, hook.column].copy_(weights)
+
+    def _capture_buffers(self, n_tokens: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step's capture buffers, [n_tokens, moe_layers, k]: slices of two kept across steps (end_step
+        copies a step's capture out before the next step writes), grown to the largest step seen."""
+        kept = self._capture_kept
+        shape = (len(self.layers), k)
+        if kept is None or kept[0].shape[0] < n_tokens or kept[0].shape[1:] != shape or kept[0].device != device:
+            rows = max(n_tokens, 0 if kept is None else kept[0].shape[0])
+            kept = self._capture_kept = (
+                torch.empty((rows, *shape), dtype=torch.int32, device=device),
+                torch.empty((rows, *shape), dtype=torch.float32, device=device),
+            )
+        return kept[0][:n_tokens], kept[1][:n_tokens]
 
     def held(self) -> dict[str, int | bool]:
         """Sizes of what this runtime keeps between steps (mote_status' `held`): per-key records until

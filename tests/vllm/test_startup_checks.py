@@ -235,7 +235,7 @@ def test_piecewise_cuda_graphs_around_a_traced_router_that_masks_logits_need_bot
 def test_a_step_whose_logit_hook_did_not_run_is_refused():
     """A masked row relies on the logit hook: if it was traced away, the step fails instead of running
     the row unmasked."""
-    from harness.vllm_plugin.runtime import LayerEdits, LayerHook, StepContext
+    from harness.vllm_plugin.runtime import LayerEdits, LayerHook, StepContext, logit_layers
 
     runtime = MoteRuntime(_compiled_runner())
     runtime.layers = {0: LayerHook(0, None, 4, None, None, column=0, masks_logits=True)}
@@ -250,10 +250,33 @@ def test_a_step_whose_logit_hook_did_not_run_is_refused():
         force=None,
     )
     step = StepContext(
-        n_tokens=3, tables={}, row_of_token=None, recorded=[], positions=None, uniform_row=0, edits={0: edits}
+        n_tokens=3,
+        tables={},
+        row_of_token=None,
+        record_owner=None,
+        all_recorded=False,
+        positions=None,
+        uniform_row=0,
+        edits={0: edits},
+        logit_layers=logit_layers({0: edits}),
     )
     step.fired[0] = 1
     with pytest.raises(MoteVLLMError, match="hook calls this step"):
         runtime.check_fired(step)
     step.fired_logits[0] = 1
+    runtime.check_fired(step)
+
+
+@pytest.mark.parametrize("fired", [{0: 2}, {0: 1}, {0: 1, 1: 2}, {}])
+def test_a_step_whose_route_hooks_did_not_run_once_per_layer_is_refused(fired):
+    from harness.vllm_plugin.runtime import LayerHook, StepContext
+
+    runtime = MoteRuntime(_compiled_runner())
+    runtime.layers = {layer: LayerHook(layer, None, 4, None, None, column=layer) for layer in (0, 1)}
+    step = StepContext(n_tokens=3, tables={}, row_of_token=None, record_owner=None, all_recorded=False, positions=None)
+    step.fired.update(fired)
+    with pytest.raises(MoteVLLMError, match="hook calls this step"):
+        runtime.check_fired(step)
+    step.fired.clear()
+    step.fired.update({0: 1, 1: 1})
     runtime.check_fired(step)
