@@ -116,16 +116,17 @@ class StepRequests:
     thinking: np.ndarray  # bool: each one splits think / answer
 
 
-@dataclass(frozen=True)
+@dataclass
 class DecodeStep:
-    """A step in which every counted request routed one new generated token outside any think split: the
-    next step of the same batch, one position on, has the same buckets (so `step_bases` reuses them)."""
+    """A step in which every request routed one token, and every counted one a new generated token outside
+    any think split: the next step of the same batch, one position on, has the same buckets (so
+    `step_rows` reuses them). The reused steps' tallies are added when the run ends (`CountPool.settle`)."""
 
     step: StepRequests
     n_tokens: int
-    begin: np.ndarray  # each counted request's token index in the step
-    positions: np.ndarray  # each one's position
-    bases: torch.Tensor  # what `layer_bases` gave
+    next_positions: np.ndarray  # each counted request's position in the next such step
+    rows: tuple[torch.Tensor, ...]  # what `step_rows` gave
+    reused: int = 0  # steps since, not yet in `upto` / `tokens`
 
 
 class CountPool:
@@ -137,12 +138,14 @@ class CountPool:
         self.n_experts = n_experts
         self.device = torch.device(device)
         self.buffer = self._zeros(2)
+        self.flat = self.buffer.view(-1)
         self.prompt_length = np.zeros(2, dtype=np.int64)
         self.upto = np.zeros(2, dtype=np.int64)  # positions below this were counted
         self.tokens = np.zeros((2, len(SPANS)), dtype=np.int64)
         self.requests: OrderedDict[str, CountedRequest] = OrderedDict()
         self.free: list[int] = [1]
         self._ones: torch.Tensor | None = None
+        self._ones_n: torch.Tensor | None = None  # its first n, for the last n added
         self._decode: DecodeStep | None = None
 
     def _zeros(self, slots: int) -> torch.Tensor:
@@ -178,6 +181,7 @@ class CountPool:
             grown = self._zeros(2 * old)
             grown[: old * len(SPANS)] = self.buffer
             self.buffer = grown
+            self.flat = grown.view(-1)
             self.prompt_length = np.concatenate([self.prompt_length, np.zeros(old, dtype=np.int64)])
             self.upto = np.concatenate([self.upto, np.zeros(old, dtype=np.int64)])
             self.tokens = np.concatenate([self.tokens, np.zeros((old, len(SPANS)), dtype=np.int64)])
@@ -201,6 +205,7 @@ class CountPool:
         query_start_loc, `first` each batch request's first position this step (num_computed_tokens),
         `token_ids` the batch's token ids [requests, positions] (read for the think split only).
         Positions counted before (a recomputation) go to the trash; one pass over all requests."""
+        self.settle()
         out = np.zeros(n_tokens, dtype=np.int64)
         if not len(step.slots):
             return out
@@ -234,7 +239,7 @@ class CountPool:
         self.tokens += np.bincount(bucket[new], minlength=self.tokens.size).reshape(self.tokens.shape)
         return out
 
-    def step_bases(
+    def step_rows(
         self,
         step: StepRequests,
         n_tokens: int,
@@ -242,35 +247,40 @@ class CountPool:
         first: np.ndarray,
         token_ids: np.ndarray | None,
         device: torch.device | str,
-    ) -> torch.Tensor:
-        """`layer_bases(buckets(...))` for a step. A decode step that follows one (`DecodeStep`) reuses its
-        bases: only the positions and the tallies move, and nothing is copied to the device."""
+    ) -> tuple[torch.Tensor, ...]:
+        """`layer_bases(buckets(...))` for a step, one [tokens, 1] row per MoE layer (what `add` takes). A
+        decode step that follows one (`DecodeStep`) reuses its rows: only the positions and the tallies
+        move, and nothing is copied to the device."""
         index = step.batch_index
-        begin, positions = starts[index], first[index].astype(np.int64)
+        one_each = int(starts[-1]) == len(starts) - 1  # every request of the batch routes one token
         last = self._decode
-        if (
-            last is not None
-            and last.step is step
-            and last.n_tokens == n_tokens
-            and np.array_equal(last.begin, begin)
-            and np.array_equal(starts[index + 1], begin + 1)
-            and np.array_equal(last.positions + 1, positions)
-        ):
-            # every position is the one after the last counted one (so new) and generated (so answer)
-            self.upto[step.slots] = positions + 1
-            self.tokens[step.slots, ANSWER] += 1
-            self._decode = replace(last, positions=positions)
-            return last.bases
+        if last is not None and last.step is step and last.n_tokens == n_tokens and one_each:
+            positions = first[index]
+            if bool((positions == last.next_positions).all()):
+                # every position is the one after the last counted one (so new) and generated (so answer)
+                last.next_positions = last.next_positions + 1
+                last.reused += 1
+                return last.rows
         buckets = self.buckets(step, n_tokens, starts, first, token_ids)
         bases = self.layer_bases(buckets, device)
         decode = (
-            len(index) > 0
+            one_each
+            and len(index) > 0
             and not step.thinking.any()
-            and np.array_equal(starts[index + 1], begin + 1)
-            and bool((buckets[begin] == step.slots * len(SPANS) + ANSWER).all())
+            and bool((buckets[index] == step.slots * len(SPANS) + ANSWER).all())  # token i is request i
         )
-        self._decode = DecodeStep(step, n_tokens, begin, positions, bases) if decode else None
-        return bases
+        rows = tuple(bases.unsqueeze(-1).unbind(0))
+        self._decode = DecodeStep(step, n_tokens, first[index].astype(np.int64) + 1, rows) if decode else None
+        return rows
+
+    def settle(self) -> None:
+        """Add the reused decode steps' tallies (`step_rows`) to `upto` and `tokens`."""
+        last = self._decode
+        if last is not None and last.reused:
+            slots = last.step.slots
+            self.upto[slots] = np.maximum(self.upto[slots], last.next_positions)
+            self.tokens[slots, ANSWER] += last.reused
+            last.reused = 0
 
     def layer_bases(self, buckets: np.ndarray, device: torch.device | str) -> torch.Tensor:
         """Per MoE layer, each token's offset into the flat buffer ([layers, tokens], on the device: one
@@ -281,16 +291,20 @@ class CountPool:
             bases = bases.astype(np.int32)
         return torch.from_numpy(bases).to(device)
 
-    def add(self, bases: torch.Tensor, ids: torch.Tensor, dropped: torch.Tensor | None) -> None:
-        """Count one MoE layer's top-k ids ([tokens, k]) into each token's bucket; `bases` is that layer's
-        row of `layer_bases`."""
-        flat = bases.unsqueeze(1) + ids
+    def add(self, row: torch.Tensor, ids: torch.Tensor, dropped: torch.Tensor | None) -> None:
+        """Count one MoE layer's top-k ids ([tokens, k]) into each token's bucket; `row` is that layer's
+        row of `step_rows` ([tokens, 1]; a row of `layer_bases`, [tokens], is taken too)."""
+        flat = (row if row.dim() == 2 else row.unsqueeze(1)) + ids
         if dropped is not None:
             flat = flat.masked_fill(dropped, TRASH)  # flat index 0: the trash's first cell
-        ones = self._ones
-        if ones is None or ones.numel() < flat.numel() or ones.device != flat.device:
-            ones = self._ones = torch.ones(max(flat.numel(), 4096), dtype=torch.int32, device=flat.device)
-        self.buffer.view(-1).index_add_(0, flat.view(-1), ones[: flat.numel()])
+        n = flat.numel()
+        ones = self._ones_n
+        if ones is None or ones.numel() != n or ones.device != flat.device:
+            kept = self._ones
+            if kept is None or kept.numel() < n or kept.device != flat.device:
+                kept = self._ones = torch.ones(max(n, 4096), dtype=torch.int32, device=flat.device)
+            ones = self._ones_n = kept[:n]
+        self.flat.index_add_(0, flat.view(-1), ones)
 
     def take(self, key: str) -> dict[str, Any] | None:
         """`key`'s counts {prompt, think, answer: [L][E]} and tokens per span (one device read), its slot
@@ -308,6 +322,7 @@ class CountPool:
         }
 
     def _release(self, slot: int) -> tuple[np.ndarray, list[int]]:
+        self.settle()
         block = self.buffer[slot * len(SPANS) : (slot + 1) * len(SPANS)]
         values = block.cpu().numpy().astype(np.int64)
         tokens = self.tokens[slot].tolist()

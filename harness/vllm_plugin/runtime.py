@@ -183,7 +183,8 @@ class StepContext:
     capture_weights: torch.Tensor | None = None
     fired: dict[int, int] = field(default_factory=dict)  # layer -> hook calls this step
     fired_logits: dict[int, int] = field(default_factory=dict)  # layer -> logit hook calls this step
-    count_buckets: torch.Tensor | None = None  # long [layers, n_tokens]: each token's offset per layer (counts.py)
+    # per MoE layer, each token's offset into the count buffer, [n_tokens, 1] (counts.py `step_rows`)
+    count_rows: tuple[torch.Tensor, ...] | None = None
 
     @property
     def recording(self) -> bool:
@@ -437,10 +438,10 @@ class MoteRuntime:
             uniform_row=uniform,
             edits=plan.edits,
             logit_layers=plan.logit_layers,
-            count_buckets=self._count_buckets(scan, starts, n_tokens) if scan.counted is not None else None,
+            count_rows=self._count_rows(scan, starts, n_tokens) if scan.counted is not None else None,
         )
 
-    def _count_buckets(self, scan: RequestScan, starts: np.ndarray, n_tokens: int) -> torch.Tensor | None:
+    def _count_rows(self, scan: RequestScan, starts: np.ndarray, n_tokens: int) -> tuple[torch.Tensor, ...] | None:
         """Each token's count bucket this step as an offset into the count buffer (counts.py), on the
         device: one vectorised pass on the host, one host-to-device copy."""
         assert self.pool is not None and scan.counted is not None
@@ -449,7 +450,7 @@ class MoteRuntime:
         batch = self.runner.input_batch
         token_ids = batch.token_ids_cpu if scan.counted.thinking.any() else None
         first = batch.num_computed_tokens_cpu
-        return self.pool.step_bases(scan.counted, n_tokens, starts, first, token_ids, self.runner.device)
+        return self.pool.step_rows(scan.counted, n_tokens, starts, first, token_ids, self.runner.device)
 
     def _scan_requests(self, req_ids: list[str], states: list[Any], state_ids: list[int]) -> RequestScan:
         """Each scheduled request's intervention text and record key (a request's `extra_args` never
@@ -757,9 +758,9 @@ class MoteRuntime:
                 ids = torch.where(touched[:, None], new_ids.to(ids.dtype), ids)
             if tables.drop is not None:
                 weights, dropped = drop_after_topk(ids, weights, rows_for_tokens(tables.drop, rows))
-        if step.count_buckets is not None:
+        if step.count_rows is not None:
             assert self.pool is not None
-            self.pool.add(step.count_buckets[hook.column], ids, dropped)
+            self.pool.add(step.count_rows[hook.column], ids, dropped)
         if step.recording:
             self._capture(hook, step, weights, ids, dropped)
         return weights, ids
