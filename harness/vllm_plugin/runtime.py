@@ -37,6 +37,7 @@ import torch
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention
 from harness.mote.routing import LayerTables, build_layer_tables, drop_after_topk, rows_for_tokens
+from harness.vllm_plugin.capture import CaptureBuffers, StepCapture
 from harness.vllm_plugin.checks import MoteVLLMError, check_runner, count_problem
 from harness.vllm_plugin.compiled import MoEPath, compiled_hook_problem, op_name
 from harness.vllm_plugin.counts import CountedRequest, CountPool, StepRequests, ThinkIds
@@ -179,8 +180,7 @@ class StepContext:
     edits: dict[int, LayerEdits] = field(default_factory=dict)
     logit_layers: tuple[int, ...] = ()  # StepPlan.logit_layers
     # the step's routing, [n_tokens, moe_layers, k], filled layer by layer when recording
-    capture_ids: torch.Tensor | None = None
-    capture_weights: torch.Tensor | None = None
+    capture: StepCapture | None = None
     fired: dict[int, int] = field(default_factory=dict)  # layer -> hook calls this step
     fired_logits: dict[int, int] = field(default_factory=dict)  # layer -> logit hook calls this step
     # per MoE layer, each token's offset into the count buffer, [n_tokens, 1] (counts.py `step_rows`)
@@ -213,7 +213,7 @@ class MoteRuntime:
         self.records: OrderedDict[str, PendingRecord] = OrderedDict()  # oldest first
         self.arena = RecordArena()  # the records' routing
         self._owners = 0  # owners handed out
-        self._capture_kept: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids, weights): _capture_buffers
+        self.captures = CaptureBuffers()  # per-token capture of recorded steps (capture.py)
         self.max_pending = _max_pending()
         self.dropped: OrderedDict[str, None] = OrderedDict()  # keys dropped by the cap, not fetched yet
         self.pool: CountPool | None = None  # device-side counts (counts.py), made on first use
@@ -622,12 +622,12 @@ class MoteRuntime:
         self.check_fired(step)
         if not step.recording:
             return
-        assert step.capture_ids is not None and step.capture_weights is not None  # check_fired: every layer ran
+        assert step.capture is not None  # check_fired: every layer ran
         owner, positions = step.record_owner, step.positions
         assert owner is not None and positions is not None
         # one append for the whole step (the scan left out keys dropped by the cap or refused)
         scheduled = len(owner)
-        ids, weights = step.capture_ids[:scheduled].cpu().numpy(), step.capture_weights[:scheduled].cpu().numpy()
+        ids, weights = step.capture.to_host(scheduled)
         if step.all_recorded:
             self.arena.append(owner, positions, ids, weights)
         else:
@@ -770,27 +770,14 @@ class MoteRuntime:
     ) -> None:
         """Copy the layer's final routing into the step's buffers (in a compiled graph the routing
         outputs' memory is reused after the layer); a dropped slot is recorded as -1."""
-        if step.capture_ids is None:
-            step.capture_ids, step.capture_weights = self._capture_buffers(ids.shape[0], ids.shape[1], ids.device)
-        assert step.capture_weights is not None
-        column = step.capture_ids[:, hook.column]
+        capture = step.capture
+        if capture is None:
+            capture = step.capture = self.captures.for_step(ids.shape[0], len(self.layers), ids.shape[1], ids.device)
+        column = capture.id_columns[hook.column]
         column.copy_(ids)
         if dropped is not None:
             column.masked_fill_(dropped, -1)
-        step.capture_weights[:, hook.column].copy_(weights)
-
-    def _capture_buffers(self, n_tokens: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """A step's capture buffers, [n_tokens, moe_layers, k]: slices of two kept across steps (end_step
-        copies a step's capture out before the next step writes), grown to the largest step seen."""
-        kept = self._capture_kept
-        shape = (len(self.layers), k)
-        if kept is None or kept[0].shape[0] < n_tokens or kept[0].shape[1:] != shape or kept[0].device != device:
-            rows = max(n_tokens, 0 if kept is None else kept[0].shape[0])
-            kept = self._capture_kept = (
-                torch.empty((rows, *shape), dtype=torch.int32, device=device),
-                torch.empty((rows, *shape), dtype=torch.float32, device=device),
-            )
-        return kept[0][:n_tokens], kept[1][:n_tokens]
+        capture.weight_columns[hook.column].copy_(weights)
 
     def held(self) -> dict[str, int | bool]:
         """Sizes of what this runtime keeps between steps (mote_status' `held`): per-key records until
