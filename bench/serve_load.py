@@ -779,6 +779,7 @@ def summarize(
         and mon.health_failed == 0
         and phase["health_after"] == 200
         and held.get("records", 0) == 0
+        and held.get("record_rows", 0) == 0
         and not held.get("step_open", False)
     )
     return result

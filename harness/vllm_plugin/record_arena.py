@@ -22,7 +22,7 @@ class RecordArena:
     def __init__(self) -> None:
         self.size = 0  # rows written
         self.dead = 0  # rows of them whose record was taken or discarded
-        self.owner = np.empty(0, dtype=np.int32)  # -1 = dead
+        self.owner = np.empty(0, dtype=np.int64)  # -1 = dead
         self.positions = np.empty(0, dtype=np.int64)
         self.ids: np.ndarray = np.empty((0, 0, 0), dtype=np.int32)  # [rows, moe_layers, k]; -1 = dropped slot
         self.weights: np.ndarray = np.empty((0, 0, 0), dtype=np.float32)
@@ -99,7 +99,7 @@ class RecordArena:
     def _allocate(self, rows: int, row_shape: tuple[int, ...]) -> None:
         """New arrays of `rows` rows holding the rows written so far (dead ones included)."""
         size = self.size
-        owner = np.empty(rows, dtype=np.int32)
+        owner = np.empty(rows, dtype=np.int64)
         positions = np.empty(rows, dtype=np.int64)
         ids = np.empty((rows, *row_shape), dtype=np.int32)
         weights = np.empty((rows, *row_shape), dtype=np.float32)

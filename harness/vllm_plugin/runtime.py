@@ -173,7 +173,7 @@ class StepContext:
     n_tokens: int  # tokens in this forward (padding included)
     tables: dict[int, LayerTables]
     row_of_token: torch.Tensor | None  # long [n_tokens]; None when every token is on uniform_row
-    record_owner: np.ndarray | None  # int32 [scheduled tokens]: each token's record owner, -1 = none
+    record_owner: np.ndarray | None  # int64 [scheduled tokens]: each token's record owner, -1 = none
     all_recorded: bool  # every scheduled token recorded
     positions: np.ndarray | None  # int64 [n_tokens] when recording (a view of the runner's on CPU)
     uniform_row: int | None = None
@@ -485,7 +485,7 @@ class MoteRuntime:
             record_all=record_all,
             texts=tuple(texts),
             any_text=any(texts),
-            owner_of_req=np.asarray(owners, dtype=np.int32) if recorded else None,
+            owner_of_req=np.asarray(owners, dtype=np.int64) if recorded else None,
             all_recorded=all(owner >= 0 for owner in owners),
             counted=CountPool.step_requests(counted) if counted else None,
         )

@@ -153,9 +153,11 @@ def test_mote_status_reports_what_the_worker_holds():
     step(runtime, 6)
     held = ext.mote_status()["held"]
     assert held["records"] == 1 and held["parsed_interventions"] == 1 and held["plans"] == 1
+    assert held["record_rows"] == 3  # the recorded request's 3 of the step's 6 tokens
     assert held["step_open"] is False and held["dropped_keys"] == 0 and held["cache_limit"] >= held["tables"]
     record, _ = runtime.take("k")
     assert record is not None and ext.mote_status()["held"]["records"] == 0
+    assert ext.mote_status()["held"]["record_rows"] == 0
 
 
 # -- the load test ---------------------------------------------------------------------------------------
