@@ -293,8 +293,8 @@ class CountPool:
 
     def add(self, row: torch.Tensor, ids: torch.Tensor, dropped: torch.Tensor | None) -> None:
         """Count one MoE layer's top-k ids ([tokens, k]) into each token's bucket; `row` is that layer's
-        row of `step_rows` ([tokens, 1]; a row of `layer_bases`, [tokens], is taken too)."""
-        flat = (row if row.dim() == 2 else row.unsqueeze(1)) + ids
+        row of `step_rows` ([tokens, 1])."""
+        flat = row + ids
         if dropped is not None:
             flat = flat.masked_fill(dropped, TRASH)  # flat index 0: the trash's first cell
         n = flat.numel()

@@ -175,7 +175,7 @@ class StepContext:
     row_of_token: torch.Tensor | None  # long [n_tokens]; None when every token is on uniform_row
     record_owner: np.ndarray | None  # int64 [scheduled tokens]: each token's record owner, -1 = none
     all_recorded: bool  # every scheduled token recorded
-    positions: np.ndarray | None  # int64 [n_tokens] when recording (a view of the runner's on CPU)
+    positions: np.ndarray | None  # [scheduled tokens] when recording (a view of the runner's on CPU)
     uniform_row: int | None = None
     edits: dict[int, LayerEdits] = field(default_factory=dict)
     logit_layers: tuple[int, ...] = ()  # StepPlan.logit_layers
@@ -426,7 +426,7 @@ class MoteRuntime:
             if positions is not None:
                 flat = (positions[0] if positions.dim() == 2 else positions)[:scheduled]
                 # on CPU a view of the runner's positions buffer, which holds until end_step copies it
-                pos = flat.numpy() if flat.device.type == "cpu" and flat.dtype == torch.int64 else flat.cpu().numpy()
+                pos = flat.cpu().numpy()
         self.hooked_steps += 1
         self.step = StepContext(
             n_tokens=n_tokens,

@@ -198,7 +198,7 @@ def test_count_pool_grows_and_reuses_slots():
     assert buckets.tolist() == [3, 3, 5, 0]
     assert pool.buckets(step, 4, starts, first, None).tolist() == [0, 0, 0, 0]  # recomputed: counted once
     ids = torch.tensor([[0, 1], [1, 2], [3, 0], [1, 1]])
-    pool.add(pool.layer_bases(buckets, "cpu")[1], ids, None)
+    pool.add(pool.layer_bases(buckets, "cpu")[1].unsqueeze(-1), ids, None)
     counts = pool.take("k0")
     assert counts is not None and counts["tokens"] == {"prompt": 2, "think": 0, "answer": 1}
     assert counts["prompt"][1].tolist() == [1, 2, 1, 0] and counts["answer"][1].tolist() == [1, 0, 0, 1]
@@ -267,7 +267,7 @@ def test_consecutive_decode_steps_reuse_their_bases_with_the_same_counts():
         assert torch.equal(torch.stack(rows)[..., 0], expected), first
         for column in range(2):
             reusing.add(rows[column], ids, None)
-            fresh.add(expected[column], ids, None)
+            fresh.add(expected[column].unsqueeze(-1), ids, None)
     reusing.settle()
     assert torch.equal(reusing.buffer, fresh.buffer)
     assert np.array_equal(reusing.tokens, fresh.tokens) and np.array_equal(reusing.upto, fresh.upto)
