@@ -16,7 +16,7 @@ import torch
 
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings, render_prompt
 from harness.backends.hf_discovery import check_supported, find_moe_blocks, probe_selection, spec_from_model
-from harness.backends.hf_hooks import RoutingController, StepCapture
+from harness.backends.hf_hooks import HostStep, RoutingController, host_steps
 from harness.mote.intervention import Intervention
 from harness.mote.records import RoutingRecord, Span
 from harness.mote.spec import ModelSpec
@@ -52,19 +52,11 @@ class HFBackend:
         blocks = find_moe_blocks(self.model)
         vocab = int(self.model.get_input_embeddings().num_embeddings)
         probe_ids = (torch.arange(1, 9, device=self.device) % vocab).unsqueeze(0)
-        self.controller = RoutingController(blocks, probe_selection(self.model, blocks, probe_ids))
-        self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        self.controller = RoutingController(blocks, probe_selection(self.model, blocks, probe_ids), self.model)
 
     @property
     def spec(self) -> ModelSpec:
         return self._spec
-
-    def _on_forward(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        inputs = kwargs.get("input_ids")
-        if inputs is None:
-            inputs = kwargs.get("inputs_embeds", args[0] if args else None)
-        if isinstance(inputs, torch.Tensor):
-            self.controller.begin_step(int(inputs.shape[0]), int(inputs.shape[1]))
 
     def prompt_text(self, request: GenerationRequest) -> str:
         return render_prompt(request, self.tokenizer, self.model_path)
@@ -143,23 +135,14 @@ class HFBackend:
                 eos_token_id=self._stop_ids(),
                 **sampling,
             )
-            steps = self.controller.steps
+            steps = host_steps(self.controller.steps, self._spec.moe_layers) if settings.record_routing else []
         finally:
             self.controller.reset()
-        prompt_len = enc["input_ids"].shape[1]
+        generated = output[:, enc["input_ids"].shape[1] :].cpu()  # one copy each, not one per row
+        attention = enc["attention_mask"].cpu()
         results = []
         for row, request in enumerate(requests):
-            results.append(
-                self._result(
-                    row,
-                    request,
-                    prompts[row],
-                    enc["attention_mask"][row],
-                    output[row, prompt_len:],
-                    steps,
-                    settings,
-                )
-            )
+            results.append(self._result(row, request, prompts[row], attention[row], generated[row], steps, settings))
         return results
 
     def _stop_ids(self) -> list[int]:
@@ -178,7 +161,7 @@ class HFBackend:
         prompt: str,
         attention: torch.Tensor,
         generated: torch.Tensor,
-        steps: list[StepCapture],
+        steps: list[HostStep],
         settings: GenerationSettings,
     ) -> GenerationResult:
         tokens = generated.tolist()
@@ -189,7 +172,8 @@ class HFBackend:
             if tok in stop:
                 n_gen, finish = i + 1, "stop"
                 break
-        content = [t for t in tokens[:n_gen] if t not in stop and t != self.tokenizer.pad_token_id]
+        pad = self.tokenizer.pad_token_id
+        content = [t for t in tokens[:n_gen] if t not in stop and t != pad]
         text = str(self.tokenizer.decode(content, skip_special_tokens=True))
         think, answer = split_think(text)
         routing = None
@@ -208,23 +192,22 @@ class HFBackend:
         )
 
     def _record(
-        self, row: int, prompt: str, attention: torch.Tensor, generated: list[int], steps: list[StepCapture]
+        self, row: int, prompt: str, attention: torch.Tensor, generated: list[int], steps: list[HostStep]
     ) -> RoutingRecord:
         """Routing of this row's real tokens: prompt (padding removed) then each generated token fed back."""
         layers = self._spec.moe_layers
-        keep_prompt = attention.bool().cpu().numpy()
+        keep_prompt = attention.bool().numpy()
         ids_parts: list[np.ndarray] = []
         weight_parts: list[np.ndarray] = []
         fed = max(len(generated) - 1, 0)  # the last sampled token is never routed
         for step_index, step in enumerate(steps[: 1 + fed]):
-            rows, per_row = step.shape
-            ids = np.stack([step.layers[layer][0].view(rows, per_row, -1)[row].numpy() for layer in layers], axis=1)
-            weights = np.stack([step.layers[layer][1].view(rows, per_row, -1)[row].numpy() for layer in layers], axis=1)
+            ids, weights = step.ids[row], step.weights[row]  # [tokens, layers, k]
             if step_index == 0:
                 ids, weights = ids[keep_prompt], weights[keep_prompt]
             ids_parts.append(ids)
             weight_parts.append(weights)
-        pieces = [str(self.tokenizer.decode([t], skip_special_tokens=False)) for t in generated[:fed]]
+        fed_ids = [[t] for t in generated[:fed]]  # one batch_decode: no per-piece input conversion
+        pieces = [str(p) for p in self.tokenizer.batch_decode(fed_ids, skip_special_tokens=False)] if fed else []
         spans = [Span.PROMPT] * int(keep_prompt.sum()) + generated_spans(pieces, prompt_opens_think(prompt))
         return RoutingRecord(
             topk_ids=np.concatenate(ids_parts).astype(np.int32),

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -101,16 +102,92 @@ def _same_return_type(op: str, values: torch.Tensor, indices: torch.Tensor) -> A
 
 @dataclass
 class StepCapture:
-    """Routing of one forward pass: layer -> (topk_ids with -1 for dropped slots, weights), [T, k]."""
+    """Routing of one forward pass: layer -> (topk_ids with -1 for dropped slots, weights), [T, k].
+
+    The tensors stay on the model's device until the generate call ends (`host_steps`): a host copy
+    per layer per step would make the host wait for the device at every MoE layer."""
 
     shape: tuple[int, int]  # (rows, tokens per row) of this forward
     layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-class RoutingController:
-    """Owns the hooks of one model: the per-row intervention tables and the routing capture."""
+@dataclass(frozen=True)
+class HostStep:
+    """One forward pass's routing on the host: ids int32 and weights float32, each
+    [rows, tokens per row, layers, k] with layers in the order `host_steps` was given."""
 
-    def __init__(self, blocks: Sequence[MoEBlock], selections: Sequence[Selection]) -> None:
+    ids: np.ndarray
+    weights: np.ndarray
+
+
+def host_steps(steps: Sequence[StepCapture], layers: Sequence[int]) -> list[HostStep]:
+    """Every step's capture in two device-to-host copies in all (ids, weights), split back per step."""
+    if not steps:
+        return []
+    missing = [(i, layer) for i, step in enumerate(steps) for layer in layers if layer not in step.layers]
+    if missing:
+        index, layer = missing[0]
+        raise RuntimeError(f"step {index}: MoE layer {layer} recorded no routing ({len(missing)} step-layers missing)")
+    ids = torch.cat([torch.stack([s.layers[layer][0] for layer in layers], dim=1) for s in steps]).cpu().numpy()
+    weights = torch.cat([torch.stack([s.layers[layer][1] for layer in layers], dim=1) for s in steps]).cpu().numpy()
+    out = []
+    start = 0
+    for step in steps:
+        rows, per_row = step.shape
+        stop = start + rows * per_row
+        shape = (rows, per_row, len(layers), -1)
+        out.append(HostStep(ids[start:stop].reshape(shape), weights[start:stop].reshape(shape)))
+        start = stop
+    return out
+
+
+class _LayerHooks:
+    """One MoE layer's two hooks, installed only while a call needs them: a layer that no row of the
+    call touches, and every layer of a call with no intervention and no recording, runs the model's
+    own modules with no hook at all."""
+
+    def __init__(
+        self,
+        selector: torch.nn.Module,
+        routed_forward: Callable[..., Any],
+        experts: torch.nn.Module,
+        pre_hook: Callable[..., Any],
+    ) -> None:
+        self.selector = selector
+        self.routed_forward = routed_forward
+        self.own_forward = selector.__dict__.get("forward")  # an instance-level forward someone set before us
+        self.experts = experts
+        self.pre_hook = pre_hook
+        self.selecting = False
+        self.handle: Any = None
+
+    def arm(self, selection: bool, experts: bool) -> None:
+        if selection != self.selecting:
+            if selection:
+                self.selector.forward = self.routed_forward
+            elif self.own_forward is not None:
+                self.selector.forward = self.own_forward
+            else:
+                del self.selector.forward  # back to the class's method
+            self.selecting = selection
+        if experts != (self.handle is not None):
+            if experts:  # first, so that any other pre-hook sees the weights the experts will get
+                self.handle = self.experts.register_forward_pre_hook(self.pre_hook, with_kwargs=True, prepend=True)
+            else:
+                self.handle.remove()
+                self.handle = None
+
+
+class RoutingController:
+    """Owns the hooks of one model: the per-row intervention tables and the routing capture.
+
+    `configure` installs, layer by layer, only the hooks the call needs (a selection edit, a drop,
+    recording); `reset` takes them all off again. `step_source` (the model) gets a pre-hook that
+    opens each forward pass's capture while recording."""
+
+    def __init__(
+        self, blocks: Sequence[MoEBlock], selections: Sequence[Selection], step_source: torch.nn.Module | None = None
+    ) -> None:
         self.blocks = list(blocks)
         self.n_experts = {b.layer: b.n_experts for b in self.blocks}
         self.tables: dict[int, LayerTables] = {}
@@ -118,10 +195,11 @@ class RoutingController:
         self.recording = False
         self.steps: list[StepCapture] = []
         self._current: StepCapture | None = None
-        self._handles: list[Any] = []
-        self._original_forwards: list[tuple[torch.nn.Module, Any]] = []
+        self._step_source = step_source
+        self._step_handle: Any = None
+        self._layers: dict[int, _LayerHooks] = {}
         for block, selection in zip(self.blocks, selections, strict=True):
-            self._install(block, selection)
+            self._layers[block.layer] = self._hooks_of(block, selection)
 
     # -- configuration per generate() call -------------------------------------------------------
     def configure(self, interventions: Sequence[Intervention], record: bool, device: torch.device) -> None:
@@ -130,6 +208,7 @@ class RoutingController:
         self.recording = record
         self.steps = []
         self._current = None
+        self._arm()
 
     def reset(self) -> None:
         self.tables = {}
@@ -137,25 +216,45 @@ class RoutingController:
         self.recording = False
         self.steps = []
         self._current = None
+        self._arm()
 
     def begin_step(self, rows: int, tokens_per_row: int) -> None:
         if self.recording:
             self._current = StepCapture((rows, tokens_per_row))
             self.steps.append(self._current)
 
+    def armed(self) -> dict[int, tuple[bool, bool]]:
+        """Layer -> (selection edit installed, experts pre-hook installed)."""
+        return {layer: (hooks.selecting, hooks.handle is not None) for layer, hooks in self._layers.items()}
+
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        for module, forward in self._original_forwards:
-            module.forward = forward
-        self._handles.clear()
-        self._original_forwards.clear()
+        self.reset()
+        self._layers.clear()
 
     # -- hooks -----------------------------------------------------------------------------------
-    def _install(self, block: MoEBlock, selection: Selection) -> None:
+    def _arm(self) -> None:
+        for layer, hooks in self._layers.items():
+            tables = self.tables.get(layer)
+            selection = tables is not None and tables.edits_selection
+            drop = tables is not None and tables.drop is not None
+            hooks.arm(selection, drop or self.recording)
+        if self._step_source is not None and self.recording != (self._step_handle is not None):
+            if self.recording:
+                self._step_handle = self._step_source.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+            else:
+                self._step_handle.remove()
+                self._step_handle = None
+
+    def _on_forward(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        inputs = kwargs.get("input_ids")
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds", args[0] if args else None)
+        if isinstance(inputs, torch.Tensor):
+            self.begin_step(int(inputs.shape[0]), int(inputs.shape[1]))
+
+    def _hooks_of(self, block: MoEBlock, selection: Selection) -> _LayerHooks:
         selector = selection.selector  # the router, or the block where the block itself selects (DBRX, Jamba)
         router_forward = selector.forward
-        self._original_forwards.append((selector, router_forward))
         controller = self
 
         def routed_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -177,11 +276,8 @@ class RoutingController:
                 )
             return out
 
-        selector.forward = routed_forward
         names = _experts_arg_names(block.experts)
-        self._handles.append(
-            block.experts.register_forward_pre_hook(self._experts_pre_hook(block.layer, names), with_kwargs=True)
-        )
+        return _LayerHooks(selector, routed_forward, block.experts, self._experts_pre_hook(block.layer, names))
 
     def _experts_pre_hook(self, layer: int, names: tuple[str, str, str]) -> Callable[..., Any]:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -197,9 +293,9 @@ class RoutingController:
                 weights = new_weights
             if self.recording and self._current is not None:
                 recorded = ids if dropped is None else ids.masked_fill(dropped, -1)
-                self._current.layers[layer] = (
-                    recorded.detach().to("cpu", torch.int32),
-                    weights.detach().float().cpu(),
+                self._current.layers[layer] = (  # copies on the device: no host sync here
+                    recorded.detach().to(torch.int32, copy=True),
+                    weights.detach().to(torch.float32, copy=True),
                 )
             if not changed:
                 return None

@@ -58,10 +58,11 @@ def build_layer_tables(
                 raise ValueError(f"expert {expert} out of range for layer {layer} ({n_experts[layer]} experts)")
             table = flags.setdefault(layer, {}).get(which)
             if table is None:
-                table = torch.zeros(rows, n_experts[layer], dtype=torch.bool, device=device)
+                table = torch.zeros(rows, n_experts[layer], dtype=torch.bool)  # filled on the host
                 flags[layer][which] = table
             table[row, expert] = True
-    return {layer: LayerTables(**tables) for layer, tables in flags.items()}
+    # one copy per table: filling a device table flag by flag would launch a kernel per flag
+    return {layer: LayerTables(**{k: t.to(device) for k, t in tables.items()}) for layer, tables in flags.items()}
 
 
 def expand_rows(table: torch.Tensor, n_tokens: int) -> torch.Tensor:

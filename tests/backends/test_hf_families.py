@@ -141,7 +141,8 @@ def test_a_router_that_selects_some_other_way_is_an_error_not_a_silent_no_op(tin
     backend = HFBackend(tiny_model_dir("qwen3_moe"))  # selects with topk: watching `max` only sees no selection
     blocks = backend.controller.blocks
     backend.controller.remove()
-    backend.controller = RoutingController(blocks, [Selection(b.router, "router", ("max",), False) for b in blocks])
+    selections = [Selection(b.router, "router", ("max",), False) for b in blocks]
+    backend.controller = RoutingController(blocks, selections, backend.model)
     with pytest.raises(RuntimeError, match="did not apply"):
         _run(backend, [_interventions(backend)["mask"]])
     backend.controller.reset()
@@ -222,3 +223,35 @@ def test_a_dense_model_is_refused_before_loading(tmp_path):
     AutoConfig.for_model("llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=2).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="no routed-experts module"):
         inspect_model(tmp_path)  # a config alone: had it tried to load weights, it would fail differently
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "dbrx"])  # dbrx: the block itself selects
+def test_hooks_are_installed_only_on_the_layers_a_call_touches_and_only_during_it(backends, family):
+    backend = backends(family)
+    first, last = backend.spec.moe_layers[0], backend.spec.moe_layers[-1]
+    seen: list[tuple[dict[int, tuple[bool, bool]], int]] = []
+    original = backend.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append((backend.controller.armed(), len(backend.model._forward_pre_hooks)))
+        return original(*args, **kwargs)
+
+    ivs = _interventions(backend)
+    calls = [(Intervention.none(), False), (ivs["drop"], False), (ivs["mask"], False), (Intervention.none(), True)]
+    backend.model.generate = spy
+    try:
+        for iv, record in calls:
+            requests = [GenerationRequest(id="0", prompt=PROMPT, intervention=iv)]
+            backend.generate(requests, GenerationSettings(max_new_tokens=3, record_routing=record))
+    finally:
+        del backend.model.generate
+    touched = {first, last}
+    off = dict.fromkeys(backend.spec.moe_layers, (False, False))
+    assert seen[0] == (off, 0)  # no intervention, no recording: the model's own modules, no hook at all
+    assert seen[1] == ({**off, **dict.fromkeys(touched, (False, True))}, 0)
+    assert seen[2] == ({**off, **dict.fromkeys(touched, (True, False))}, 0)
+    assert seen[3] == (dict.fromkeys(backend.spec.moe_layers, (False, True)), 1)
+    assert backend.controller.armed() == off and not backend.model._forward_pre_hooks
+    for block in backend.controller.blocks:
+        assert not block.experts._forward_pre_hooks
+        assert "forward" not in block.router.__dict__ and "forward" not in block.block.__dict__
