@@ -107,9 +107,11 @@ class Settings:
     check_new_tokens: int
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, Settings]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Path | None, Settings, Path | None]:
+    """(OUT_DIR, settings, --table JSON): one of the two paths is given."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="folder for gpu_check.json")
+    p.add_argument("out", type=Path, nargs="?", help="folder for gpu_check.json")
+    p.add_argument("--table", type=Path, metavar="JSON", help="print a report's ratio table (docs/gpu.md) and exit")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--small", action="store_true", help="tiny shapes: a dry run of the same code path")
     p.add_argument(
@@ -122,6 +124,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, Settings]:
     p.add_argument("--rounds", type=int, default=3, help="timed rounds over all conditions (after a warm-up)")
     p.add_argument("--timing-budget-s", type=float, default=90.0, help="per model: fewer rounds if the warm-up says so")
     a = p.parse_args(argv)
+    if a.table is None and a.out is None:
+        p.error("OUT_DIR is required (or --table JSON)")
     small = bool(a.small)
     settings = Settings(
         device=a.device,
@@ -136,7 +140,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, Settings]:
         check_batch=4 if small else 8,
         check_new_tokens=4 if small else 8,
     )
-    return a.out, settings
+    return a.out, settings, a.table
 
 
 class Stopwatch:
@@ -360,6 +364,26 @@ def machine(device: str) -> dict[str, Any]:
     }
 
 
+LABELS = {
+    "hooked_none": "hooked, none",
+    "drop": "drop",
+    "mask": "mask",
+    "stimulate": "stimulate",
+    "recording": "recording",
+}
+
+
+def ratio_table(report: dict[str, Any]) -> str:
+    """Ratios vs unhooked, median (min-max) over rounds, one row per model: the tables of docs/gpu.md."""
+    conditions = [c for c in report["conditions"] if c != "unhooked"]
+    lines = ["| model | " + " | ".join(LABELS[c] for c in conditions) + " |", "|---" * (len(conditions) + 1) + "|"]
+    for model in report["models"].values():
+        ratios = [model["ratios_vs_unhooked"][c] for c in conditions]
+        cells = [f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})" for r in ratios]
+        lines.append(f"| {model['name']} shape | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def print_summary(report: dict[str, Any]) -> None:
     print(f"\n{report['machine']['device']}  torch {report['machine']['torch']}  ({report['total_seconds']:.0f}s)")
     for model in report["models"].values():
@@ -372,7 +396,11 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    out, settings = parse_args(argv)
+    out, settings, table = parse_args(argv)
+    if table is not None:
+        print(ratio_table(json.loads(table.read_text(encoding="utf-8"))))
+        return 0
+    assert out is not None  # parse_args requires one of the two
     if settings.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
