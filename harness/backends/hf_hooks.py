@@ -258,9 +258,7 @@ class RoutingController:
         controller = self
 
         def routed_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            tables = controller.tables.get(block.layer)
-            if tables is None or not tables.edits_selection:
-                return router_forward(hidden_states, *args, **kwargs)
+            tables = controller.tables[block.layer]  # installed (`_arm`) only while they edit this layer's selection
             n_tokens = hidden_states.numel() // hidden_states.shape[-1]
             block_t = None if tables.block is None else expand_rows(tables.block, n_tokens)
             force_t = None if tables.force is None else expand_rows(tables.force, n_tokens)
