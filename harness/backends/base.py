@@ -82,6 +82,9 @@ class GenerationResult:
     finish_reason: str  # "stop" (end of turn) or "length"
     routing: RoutingRecord | None = None
     span_counts: SpanCounts | None = None  # instead of routing, under routing_counts_only
+    # the generated token ids up to and including the stop token (padding and anything after removed):
+    # two runs fed the same tokens up to where these first differ
+    token_ids: tuple[int, ...] = ()
 
 
 class Backend(Protocol):

@@ -189,6 +189,7 @@ class HFBackend:
             n_generated_tokens=n_gen,
             finish_reason=finish,
             routing=routing,
+            token_ids=tuple(tokens[:n_gen]),
         )
 
     def _record(

@@ -146,6 +146,7 @@ class OpenAIBackend:
                     n_generated_tokens=n_gen,
                     finish_reason=finish,
                     routing=routing,
+                    token_ids=tuple(tokens[:n_gen]),
                 )
             )
             if counted:

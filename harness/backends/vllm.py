@@ -264,6 +264,7 @@ class VLLMBackend:
             n_generated_tokens=n_gen,
             finish_reason=finish,
             routing=routing,
+            token_ids=tuple(tokens[:n_gen]),
         )
 
     def close(self) -> None:

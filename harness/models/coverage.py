@@ -245,8 +245,9 @@ def vllm_table_markdown(results: Sequence[FamilyResult], vllm_version: str) -> s
         f"{counts['refused']} refused (vLLM has no such architecture, or the MoTE plugin refuses it, with the "
         f"reason), {counts['failed']} failed. One engine per family runs "
         "none, drop, mask and stimulate as per-request interventions in one batch with recording; parity = "
-        "share of prompt and generated token x layer top-k sets equal to the transformers backend's, no "
-        "intervention, same dtype (bf16 where vLLM-CPU's MLA kernel needs it: near-tie flips are expected). "
+        "share of token x layer top-k sets equal to the transformers backend's over the tokens both were fed "
+        "alike (the prompt and the generation up to the first token that differs), no intervention, same dtype "
+        "(bf16 where vLLM-CPU's MLA kernel needs it: near-tie flips are expected). "
         "A float32 parity well below 1 means vLLM's implementation of the family routes the same weights "
         "differently from transformers'; the intervention checks run on vLLM's own routing.",
         "",
@@ -391,14 +392,17 @@ def _vllm_checks(family: str, folder: Path, result: FamilyResult) -> None:
 
 
 def _parity(vllm_results: Sequence[Any], hf_results: Sequence[Any], dtype: str) -> str:
-    """Share of token x layer pairs whose top-k sets agree, over the tokens and MoE layers both routed."""
+    """Share of token x layer pairs whose top-k sets agree, over the tokens both engines were fed alike:
+    the prompt and the generated tokens up to the first that differs (past it, rows route other inputs)."""
+    from harness.mote.agreement import rows_fed_alike, topk_disagreements
+
     agree = total = 0
     for v, h in zip(vllm_results, hf_results, strict=True):
         v_layers, h_layers = list(v.routing.layers), list(h.routing.layers)
         if v_layers != h_layers:
             return f"MoE layers differ: vLLM {v_layers}, transformers {h_layers}"
-        n = min(v.routing.n_tokens, h.routing.n_tokens)
-        same = (np.sort(v.routing.topk_ids[:n], -1) == np.sort(h.routing.topk_ids[:n], -1)).all(-1)
-        agree += int(same.sum())
-        total += int(same.size)
+        rows = rows_fed_alike(v.n_prompt_tokens, v.token_ids, h.token_ids)
+        differ, compared = topk_disagreements(v.routing, h.routing, rows)
+        agree += compared - differ
+        total += compared
     return f"{agree / max(total, 1):.3f} ({dtype})"
