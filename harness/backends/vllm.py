@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.assembly.in_memory import assembled_at_load
+from harness.assembly.vllm_loader import LOAD_FORMAT
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings, render_prompt
 from harness.backends.vllm_dtype import vllm_dtype
 from harness.mote.intervention import Intervention
@@ -89,6 +91,8 @@ class VLLMBackend:
         }
         if max_model_len is not None:
             args["max_model_len"] = max_model_len  # default: the model's own limit
+        if assembled_at_load(self.model_path):  # an Assembly-of-Experts child: interpolated as vLLM loads it
+            args["load_format"] = LOAD_FORMAT
         if not enforce_eager and "compilation_config" not in engine_args:
             safe = safe_compilation_config()
             if safe:

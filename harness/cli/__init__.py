@@ -14,7 +14,18 @@ from harness.common.errors import InputError, UnsupportedModelError
 
 # Subcommand modules under harness.cli, in help order. Each defines register(subparsers), which
 # adds its parser and sets `func` (args -> exit code).
-SUBCOMMANDS: tuple[str, ...] = ("run", "ftri", "generate", "tiny_model", "judge", "gate", "report", "organism", "serve")
+SUBCOMMANDS: tuple[str, ...] = (
+    "run",
+    "ftri",
+    "generate",
+    "tiny_model",
+    "judge",
+    "gate",
+    "report",
+    "organism",
+    "serve",
+    "assemble",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

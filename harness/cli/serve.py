@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from harness.common.errors import InputError
@@ -66,6 +67,11 @@ def server_command(model: str, rest: list[str]) -> tuple[list[str], dict[str, st
         "--no-enable-prefix-caching",
         *extra,
     ]
+    from harness.assembly.in_memory import assembled_at_load
+    from harness.assembly.vllm_loader import LOAD_FORMAT
+
+    if assembled_at_load(Path(model)) and "--load-format" not in extra:  # a child assembled as vLLM loads it
+        argv += ["--load-format", LOAD_FORMAT]
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     if args.dev_rpc:
         env["VLLM_SERVER_DEV_MODE"] = "1"

@@ -64,7 +64,7 @@ def _fmt(row: MetricRow | None, intervals: bool = True) -> str:
 
 def leaderboard_markdown(rows: Sequence[MetricRow], suite: Suite, ranking: FtriResult | None) -> str:
     header, body = table_rows(rows, suite)
-    lines = [f"# {suite.name}: {suite.model} ({suite.backend})", ""]
+    lines = [f"# {suite.name}: {suite.model_name} ({suite.backend})", ""]
     if ranking is not None and suite.ftri is not None:
         top = ", ".join(f"L{r.layer}/E{r.expert}" for r in ranking.rows(suite.ftri.k))
         stab = ranking.stability.get("jaccard_mean")
@@ -91,7 +91,7 @@ def print_summary(rows: Sequence[MetricRow], suite: Suite) -> None:
     from rich.table import Table
 
     header, body = table_rows(rows, suite, intervals=False)
-    table = Table(title=f"{suite.name}: {suite.model} (intervals in leaderboard.md)", show_lines=False)
+    table = Table(title=f"{suite.name}: {suite.model_name} (intervals in leaderboard.md)", show_lines=False)
     for i, title in enumerate(header):
         table.add_column(title, overflow="fold", no_wrap=i == 0)  # condition names stay on one line
     for cells in body:

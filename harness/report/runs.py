@@ -42,8 +42,12 @@ class RunResults:
 
     @property
     def model(self) -> str:
-        """The suite's model as the user named it: `organism`, or the model folder's name."""
-        name = str(self.suite.get("model", "")) or str(self.run.get("model", {}).get("path", "?"))
+        """The suite's model as the user named it: `organism`, the model folder's name, or an assembled
+        child's recipe and overrides."""
+        model = self.suite.get("model", "")
+        if isinstance(model, dict):
+            return " ".join([f"assembled {Path(str(model.get('assemble', '?'))).stem}", *model.get("set", [])])
+        name = str(model) or str(self.run.get("model", {}).get("path", "?"))
         return name if name == "organism" else Path(name).name or name
 
     @property

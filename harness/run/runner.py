@@ -552,6 +552,8 @@ def _primary_mode(suite: Suite) -> Any:
 def _resolve_model(suite: Suite, suite_path: Path) -> Path:
     from harness.models.resolve import organism_path
 
+    if not isinstance(suite.model, str):
+        return _assembled_child(suite, suite_path)
     path = organism_path() if suite.model == "organism" else Path(suite.model)
     if not path.is_absolute() and suite.model != "organism":
         candidate = (suite_path.parent / path).resolve()
@@ -559,6 +561,31 @@ def _resolve_model(suite: Suite, suite_path: Path) -> Path:
     if not (path / "config.json").is_file():
         raise InputError(suite_path, "model", "'organism' or a local model folder with config.json", suite.model)
     return path
+
+
+def _assembled_child(suite: Suite, suite_path: Path) -> Path:
+    """The folder of a child assembled at load (config, tokenizer, assembly.json; no weights), made from
+    the recipe after every check of the recipe and its parents, keyed by the recipe and the parents."""
+    import hashlib
+    import tempfile
+
+    from harness.assembly.build import identity_of
+    from harness.assembly.in_memory import write_child_folder
+    from harness.assembly.plan import make_plan
+    from harness.assembly.recipe import load_recipe
+
+    spec = suite.model
+    assert not isinstance(spec, str)
+    if suite.backend == "openai":
+        raise InputError(
+            suite_path,
+            "model",
+            "a model folder: a served model is what its server loaded (build the child with `harness assemble "
+            "RECIPE --out DIR --at-load` and serve DIR with `harness serve`)",
+        )
+    plan = make_plan(load_recipe(spec.assemble, spec.set), spec.assemble)
+    key = hashlib.sha256(json.dumps(identity_of(plan), sort_keys=True).encode()).hexdigest()[:16]
+    return write_child_folder(plan, Path(tempfile.gettempdir()) / "mote-children" / key)
 
 
 def make_backend(model_path: Path, suite: Suite) -> Backend:

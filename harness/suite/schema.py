@@ -93,6 +93,18 @@ class ServerSpec(_Spec):
     concurrency: int = Field(default=16, ge=1)
 
 
+class AssembledModelSpec(_Spec):
+    """A child of MoE parents assembled at load from a recipe (harness/assembly), with no copy of its
+    weights on disk: `model: {assemble: RECIPE.yaml, set: [routed_experts.r1=0.5]}`."""
+
+    assemble: Path
+    set: list[str] = Field(default_factory=list)  # GROUP.PARENT=LAMBDA overrides, as `harness assemble --set`
+
+    @property
+    def name(self) -> str:
+        return " ".join([f"assembled {self.assemble.stem}", *self.set])
+
+
 class FtriSpec(_Spec):
     task: str
     split: Literal["discovery", "evaluation"] = "discovery"
@@ -155,7 +167,9 @@ class EvaluationSpec(_Spec):
 class Suite(_Spec):
     schema_version: Literal[1] = 1
     name: str
-    model: str  # local folder or "organism" (backend openai: the served model's local folder, for its tokenizer)
+    # local folder or "organism" (backend openai: the served model's local folder, for its tokenizer), or a
+    # child assembled at load ({assemble: RECIPE.yaml})
+    model: str | AssembledModelSpec
     backend: Literal["hf", "vllm", "openai"] = "hf"
     engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM unchanged (vllm backend)
     server: ServerSpec | None = None  # backend openai
@@ -199,6 +213,10 @@ class Suite(_Spec):
                     )
         return self
 
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.name
+
     def task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)
 
@@ -217,6 +235,9 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     for task in data.get("tasks") or []:  # task paths are relative to the suite file
         if isinstance(task, dict) and task.get("path"):
             task["path"] = str((path.parent / task["path"]).resolve())
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("assemble"):  # a recipe is relative to the suite file too
+        model["assemble"] = str((path.parent / str(model["assemble"])).resolve())
     targeted = (data.get("conditions") or {}).get("targeted")
     if isinstance(targeted, dict) and targeted.get("intervention"):
         targeted["intervention"] = str((path.parent / targeted["intervention"]).resolve())

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from harness.assembly.vllm_loader import register_loader
 from harness.vllm_plugin.checks import MoteVLLMError, check_hook_points, check_version
 
 WORKER_EXTENSION = "harness.vllm_plugin.worker.MoteWorkerExtension"
@@ -41,6 +42,7 @@ def register() -> None:
     _patch_compile_cache_key()
     _patch_input_processor()
     _patch_async_generate()
+    register_loader()
 
 
 def _wrap_once(owner: Any, name: str, make: Callable[[Any], Callable[..., Any]]) -> None:

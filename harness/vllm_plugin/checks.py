@@ -42,6 +42,16 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
     ),
     HookPoint("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.execute_model", "the caller of _model_forward"),
     HookPoint(
+        "vllm.model_executor.model_loader.default_loader",
+        "DefaultModelLoader.get_all_weights",
+        "overridden by the Assembly-of-Experts loader (harness/assembly/vllm_loader.py) to feed a child's tensors",
+    ),
+    HookPoint(
+        "vllm.model_executor.model_loader",
+        "register_model_loader",
+        "registers the Assembly-of-Experts loader (load_format mote_assembly)",
+    ),
+    HookPoint(
         "vllm.model_executor.layers.fused_moe.runner.moe_runner",
         "MoERunner",
         "the FusedMoE layer whose router is hooked",

@@ -1,0 +1,13 @@
+"""Assembly of Experts (arXiv 2506.14794): a child of MoE parents of one architecture, each weight tensor
+interpolated on its own with lambdas chosen per group of tensors, streamed from the parents' safetensors.
+
+recipe (what to build) -> groups (where each stored tensor belongs) -> plan (checked against every
+parent's headers before anything is written) -> build (one tensor at a time, in row chunks, into a
+temporary folder renamed at the end). Backends see the child as any model folder.
+"""
+
+from harness.assembly.build import AssemblyResult, assemble
+from harness.assembly.groups import GROUPS, group_of
+from harness.assembly.recipe import Recipe, load_recipe
+
+__all__ = ["GROUPS", "AssemblyResult", "Recipe", "assemble", "group_of", "load_recipe"]

@@ -1,0 +1,184 @@
+"""A parent checkpoint as stored: its safetensors shards, each tensor's dtype, shape and byte range.
+
+Tensors are read by row ranges with plain positioned reads. safetensors' own `safe_open` maps each
+file, and every page a read touches then counts in the process's resident memory until the file is
+closed: a whole R1 embedding (1.8 GB) would sit there. The safetensors format is an 8-byte header
+length, a JSON header ({name: {dtype, shape, data_offsets}}) and the raw data, so reading it directly
+is short; the tests check every file we write with `safe_open`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.common.errors import InputError
+
+INDEX = "model.safetensors.index.json"
+
+# safetensors dtype names -> torch dtypes (the element sizes follow from torch)
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+NAMES = {v: k for k, v in DTYPES.items()}
+FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors name, e.g. "BF16", "F8_E4M3"
+    shape: tuple[int, ...]
+    file: Path
+    start: int  # absolute byte offset of the data in the file
+    nbytes: int
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def row_elements(self) -> int:
+        return math.prod(self.shape[1:]) if self.shape else 1
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOATS
+
+    def read_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) (the first dimension), as a tensor of the stored dtype."""
+        row_bytes = self.row_elements * self.itemsize
+        count = (stop - start) * row_bytes
+        buffer = torch.empty(count, dtype=torch.uint8)  # not zero-filled: every byte is read into
+        with self.file.open("rb", buffering=0) as handle:
+            handle.seek(self.start + start * row_bytes)
+            view = buffer.numpy().data
+            got = 0
+            while got < count:
+                n = handle.readinto(view[got:])
+                if not n:
+                    raise InputError(self.file, self.name, f"{count} bytes of data (the file is truncated)")
+                got += n
+        shape = (stop - start, *self.shape[1:]) if self.shape else ()
+        return buffer.view(DTYPES[self.dtype]).reshape(shape)
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """(the JSON header, the byte offset where data begins) of one safetensors file."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(8)
+            if len(raw) != 8:
+                raise InputError(path, "header", "a safetensors file (8-byte header length)")
+            (length,) = struct.unpack("<Q", raw)
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(path, "header", f"a readable safetensors file ({err})") from err
+    return header, 8 + length
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One parent: its folder, config and every stored tensor."""
+
+    name: str
+    folder: Path
+    config: dict[str, Any]
+    shards: tuple[Path, ...]  # in the order of the index (sorted file names)
+    tensors: dict[str, TensorInfo]  # in storage order, shard by shard
+
+    @classmethod
+    def open(cls, name: str, folder: Path, source: str) -> Checkpoint:
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise InputError(source, f"parents.{name}", "a model folder with config.json", str(folder))
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        shards = _shard_files(folder, source, name)
+        tensors: dict[str, TensorInfo] = {}
+        for shard in shards:
+            header, data_start = read_header(shard)
+            for key, entry in header.items():
+                if key == "__metadata__":
+                    continue
+                begin, end = entry["data_offsets"]
+                tensors[key] = TensorInfo(
+                    key, entry["dtype"], tuple(entry["shape"]), shard, data_start + begin, end - begin
+                )
+        return cls(name, folder, config, shards, tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def identity(self) -> dict[str, Any]:
+        """What names this parent without hashing its data: the config's digest and every shard's name,
+        size and header digest (the header holds each tensor's dtype, shape and byte range)."""
+        shards = []
+        for shard in self.shards:
+            _, data_start = read_header(shard)
+            with shard.open("rb") as handle:
+                head = handle.read(data_start)
+            shards.append({"file": shard.name, "bytes": shard.stat().st_size, "header_sha256": _sha(head)})
+        config_bytes = json.dumps(self.config, sort_keys=True).encode()
+        return {
+            "name": self.name,
+            "path": str(self.folder),
+            "model_type": self.config.get("model_type"),
+            "config_sha256": _sha(config_bytes),
+            "tensors": len(self.tensors),
+            "bytes": self.nbytes,
+            "shards": shards,
+        }
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _shard_files(folder: Path, source: str, name: str) -> tuple[Path, ...]:
+    index = folder / INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = sorted(set(weight_map.values()))
+        for file in files:
+            if not (folder / file).is_file():
+                raise InputError(index, f"weight_map -> {file}", "every shard the index names to exist", "missing")
+        return tuple(folder / f for f in files)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise InputError(source, f"parents.{name}", "a folder holding safetensors weights", str(folder))
+    return tuple(files)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,91 @@
+"""A safetensors shard written in place: the header is known before any data (every output tensor's
+dtype and shape follow from the parents' headers), so each tensor's bytes go straight to their offset
+and no shard is ever held in memory. The writes run on a thread of their own (the next chunk is
+computed meanwhile), through a short queue that bounds the memory held. Files are checked with
+safetensors' own reader in the tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from harness.assembly.checkpoint import DTYPES
+
+
+class TensorSink(Protocol):
+    """Where a child's bytes go: a shard on disk, or memory (in_memory.py)."""
+
+    def write(self, name: str, offset: int, data: bytes | memoryview) -> None: ...
+
+
+class Progress(Protocol):
+    def update(self, n: int) -> object: ...
+
+
+QUEUED_WRITES = 8  # chunks waiting to be written: bounds the memory they hold
+
+
+def itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+class ShardWriter:
+    def __init__(self, path: Path, tensors: Sequence[tuple[str, str, tuple[int, ...]]]) -> None:
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        self.starts: dict[str, int] = {}
+        cursor = 0
+        for name, dtype, shape in tensors:
+            size = math.prod(shape) * itemsize(dtype)
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [cursor, cursor + size]}
+            self.starts[name] = cursor
+            cursor += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * ((-len(raw)) % 8)  # the format aligns the data to 8 bytes
+        self.data_start = 8 + len(raw)
+        self.path = path
+        self.nbytes = cursor
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(self.fd, len(raw).to_bytes(8, "little") + raw, 0)
+        os.ftruncate(self.fd, self.data_start + cursor)
+        self._queue: queue.Queue[tuple[int, memoryview] | None] = queue.Queue(maxsize=QUEUED_WRITES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name=f"write {path.name}", daemon=True)
+        self._thread.start()
+
+    def write(self, name: str, offset: int, data: bytes | memoryview) -> None:
+        """Queue `data` (kept alive until written) for byte `offset` of tensor `name`'s data."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((self.data_start + self.starts[name] + offset, memoryview(data)))
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking items so that write() never blocks on a dead writer
+            try:
+                position, view = item
+                while view:
+                    written = os.pwrite(self.fd, view, position)
+                    view, position = view[written:], position + written
+            except OSError as err:
+                self._error = err
+
+    def close(self) -> None:
+        """Wait for every queued write, make the file durable, and raise what a write raised."""
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            if self._error is None:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+        if self._error is not None:
+            raise self._error
