@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Device check of the HF hook path at real MoE shapes (see bench/gpu/README.md).
 #   bash bench/gpu/check.sh OUT_DIR [--device cuda|cpu] [--small] [more hf_check.py options]
+# Two stages in one call: the default batch (OUT_DIR/gpu_check.json), then batch 1, where a step is
+# host-bound (OUT_DIR/batch1/gpu_check.json). Passing --batch runs that one batch size only.
 # Needs torch + transformers + pydantic and this repository; installs and downloads nothing.
 # MOTE_WHEELS=DIR: install the wheels in DIR (no index, no deps) into a temporary folder first: the
 # GPU image has no pydantic. PYTHON=...: the interpreter (default python3, else python).
@@ -35,4 +37,11 @@ if missing:
     sys.exit(f"missing Python modules: {', '.join(missing)} (carry wheels and set MOTE_WHEELS; bench/gpu/README.md)")
 PY
 
-exec "$PYTHON" "$REPO/bench/gpu/hf_check.py" "$@"
+OUT="$1"
+shift
+status=0
+"$PYTHON" "$REPO/bench/gpu/hf_check.py" "$OUT" "$@" || status=$?
+if [[ " $* " != *" --batch "* && " $* " != *" --batch="* ]]; then
+    "$PYTHON" "$REPO/bench/gpu/hf_check.py" "$OUT/batch1" --batch 1 --timing-budget-s 60 "$@" || status=$?
+fi
+exit "$status"

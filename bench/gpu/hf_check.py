@@ -1,9 +1,9 @@
 """Device check of the HF hook path at real MoE shapes: speed against stock transformers, and the
-intervention contract (not a test; run by check.sh on a lent GPU machine).
+intervention contract (not a test; run by check.sh on a GPU machine).
 
     python bench/gpu/hf_check.py OUT_DIR [--device cuda|cpu] [--small] [--layers 4] [--rounds 3]
 
-Why: the unit tests run tiny CPU models; a GPU session must learn in one short run whether the
+Why: the unit tests run tiny CPU models; one short run on a GPU machine must tell whether the
 hooks keep their promises with bf16, 64/128 experts and the CUDA experts kernels, and what they cost.
 Nothing is downloaded: random-weight models of OLMoE-1B-7B and Qwen3-30B-A3B shape (a few layers,
 the real hidden size, expert count, top-k, heads and vocabulary) are built from their config
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hf_correctness import interventions, run_backend, run_checks, stock_generate  # sibling: bench/gpu is sys.path[0]
 
 from harness.backends.hf import HFBackend
+from harness.contract.hf import interventions, run_backend, run_checks, stock_generate
 from harness.models.tokenizer import DEFAULT_CORPUS, save_tokenizer, train_tokenizer
 from harness.mote import Intervention
 

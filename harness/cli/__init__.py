@@ -25,6 +25,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "organism",
     "serve",
     "assemble",
+    "check",
 )
 
 

@@ -16,7 +16,7 @@ RUNS = sorted((REPO / "docs" / "bench").glob("hf_*.json"))
 
 @pytest.fixture
 def hf_check(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench" / "gpu"))  # hf_check imports its sibling hf_correctness
+    monkeypatch.syspath_prepend(str(REPO / "bench" / "gpu"))
     return importlib.import_module("hf_check")
 
 

@@ -1,10 +1,10 @@
-"""Correctness checks of the HF hook path on a real-shape model (imported by hf_check.py).
+"""The intervention contract of the HF hook path, checked on a real model: `harness check MODEL` on a
+user's weights, and the GPU device check (bench/gpu/hf_check.py) at real shapes.
 
-The unit tests prove the intervention contract on tiny CPU models; these repeat the same contract
-on the device and at the shapes we will actually run (64/128 experts, bf16, the CUDA experts
-kernels), where a kernel that reorders or fuses the routing could silently defeat a hook. Each
-check returns a `Check`: pass/fail with the evidence, never an exception, so one broken check
-still lets the others and the timings be reported.
+The unit tests prove the contract on tiny CPU models; these repeat it on the device and the weights
+that will actually run (64-256 experts, bf16, the CUDA experts kernels), where a kernel that
+reorders or fuses the routing could silently defeat a hook. Each check returns a `Check`: pass/fail
+with the evidence, never an exception, so one broken check still lets the others be reported.
 """
 
 from __future__ import annotations
