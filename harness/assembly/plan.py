@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,21 @@ class Plan:
 
     def merging(self, unit: Unit) -> bool:
         info = self.base.tensors[unit.name]
-        return info.is_float and unit.group in self.recipe.merged_groups()
+        return info.is_float and unit.group in self._merged
 
     def shard_units(self, index: int) -> list[Unit]:
-        return [u for u in self.units if u.shard == index]
+        return self._by_shard.get(index, [])
+
+    @cached_property
+    def _by_shard(self) -> dict[int, list[Unit]]:
+        by_shard: dict[int, list[Unit]] = {}
+        for unit in self.units:
+            by_shard.setdefault(unit.shard, []).append(unit)
+        return by_shard
+
+    @cached_property
+    def _merged(self) -> frozenset[str]:
+        return frozenset(self.recipe.merged_groups())
 
     def stored_bytes(self, unit: Unit) -> int:
         scale = self.base.tensors[unit.scale].nbytes if unit.scale else 0

@@ -114,11 +114,10 @@ def drop_after_topk(
     # (a host sync per layer), which costs more than the few kernels it saves
     if dropped.device.type == "cpu" and not bool(dropped.any()):
         return topk_weights, dropped
+    # 8 small ops (a decode step at batch 1 is host-bound: every op is a launch): a token with no dropped
+    # slot gets scale x / x = 1.0 exactly, so its weights come back bit for bit; one with every slot
+    # dropped gets 0 * inf = nan, zeroed
     w = topk_weights.float()
-    original_sum = w.sum(dim=-1, keepdim=True)
     kept = w.masked_fill(dropped, 0.0)
-    kept_sum = kept.sum(dim=-1, keepdim=True)
-    scale = torch.where(kept_sum > 0, original_sum / kept_sum.clamp_min(torch.finfo(w.dtype).tiny), 0.0)
-    rescaled = (kept * scale).to(topk_weights.dtype)
-    touched = dropped.any(dim=-1, keepdim=True)
-    return torch.where(touched, rescaled, topk_weights), dropped
+    scale = w.sum(dim=-1, keepdim=True) / kept.sum(dim=-1, keepdim=True)
+    return (kept * scale).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).to(topk_weights.dtype), dropped
