@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import torch
 from assembly_files import write_recipe
 from safetensors.torch import load_file, save_file
 
@@ -91,6 +90,13 @@ def test_a_suite_with_a_bad_recipe_is_refused_before_any_model_loads(tmp_path, c
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_sum_of_the_float32_mean_is_exact_for_identical_parents():
-    x = torch.randn(16, dtype=torch.float32).to(torch.bfloat16).to(torch.float32)
-    assert torch.equal((x * 0.5 + x * 0.5).to(torch.bfloat16), x.to(torch.bfloat16))
+def test_harness_serve_loads_a_child_assembled_at_load_through_the_mote_loader(parents, tmp_path):
+    from harness.cli.serve import server_command
+
+    a, b = parents("qwen3_moe")
+    recipe = write_recipe(tmp_path, f"parents: {{a: {a}, b: {b}}}\ngroups: {{all: {{b: 0.5}}}}\n")
+    assert main(["assemble", str(recipe), "--out", str(tmp_path / "child"), "--at-load"]) == 0
+    argv, _ = server_command(str(tmp_path / "child"), ["--port", "9001"])
+    assert argv[argv.index("--load-format") + 1] == "mote_assembly"
+    argv, _ = server_command(str(a), ["--port", "9001"])
+    assert "--load-format" not in argv
