@@ -22,8 +22,13 @@ SLOW_SECONDS = 2.0
 class FakeOpenAI:
     """Start with `start()`, stop with `stop()`; counts requests per mode."""
 
-    def __init__(self, reply: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self, reply: Callable[[str], str] | None = None, key: str | None = None, models: set[str] | None = None
+    ) -> None:
+        """`key`: answer 401 to any other bearer key; `models`: answer 404 to any other model."""
         self.reply = reply or (lambda _user: DEFAULT_REPLY)
+        self.key = key
+        self.models = models
         self.counts: Counter[str] = Counter()
         self.auth_headers: list[str] = []
         self.in_flight = 0
@@ -80,7 +85,12 @@ class FakeOpenAI:
                         fake.in_flight -= 1
 
             def _answer(self, mode: str, user: str, body: dict[str, object]) -> None:
-                if mode in ("429", "500"):
+                if fake.key is not None and self.headers.get("authorization", "") != f"Bearer {fake.key}":
+                    self._send(401, b'{"error": {"message": "Incorrect API key provided"}}', {})
+                elif fake.models is not None and body.get("model") not in fake.models:
+                    message = f"The model {body.get('model')} does not exist"
+                    self._send(404, json.dumps({"error": {"message": message}}).encode(), {})
+                elif mode in ("429", "500"):
                     self._send(int(mode), b'{"error": {"message": "try later"}}', {"retry-after-ms": "10"})
                 elif mode == "garbage":
                     self._send(200, b"<html>not json at all {{{", {})

@@ -54,10 +54,15 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+SHOWN_PROBLEMS = 5  # bad lines printed one by one; the rest are counted
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)  # before any line is read
     lines, problems = read_lines(args.inp)
-    for problem in problems:
-        print(f"harness judge: {problem}", file=sys.stderr)
+    if not lines:
+        raise InputError(args.inp, "--in", "at least one JSON line with an id", f"{len(problems)} bad lines")
+    _print_problems(problems)
     judgements = _judge(args, lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as out:
@@ -68,6 +73,26 @@ def run(args: argparse.Namespace) -> int:
     if args.agree_with:
         _print_agreement(args, judgements)
     return 2 if problems else 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if args.judge not in ("refusal-llm", "mt-bench"):
+        return
+    for flag, value in (("--endpoint", args.endpoint), ("--judge-model", args.judge_model)):
+        if not value:
+            raise InputError(flag, flag.lstrip("-").replace("-", "_"), f"a value for judge {args.judge}")
+    from judges.client import read_api_key
+
+    read_api_key(args.api_key_env)
+    if args.judge == "mt-bench" and args.mt_bench_dir is None:
+        raise InputError("--mt-bench-dir", "mt_bench_dir", "the MT-Bench folder (FastChat layout)")
+
+
+def _print_problems(problems: Sequence[str]) -> None:
+    for problem in problems[:SHOWN_PROBLEMS]:
+        print(f"harness judge: {problem}", file=sys.stderr)
+    if len(problems) > SHOWN_PROBLEMS:
+        print(f"harness judge: ... and {len(problems) - SHOWN_PROBLEMS} more", file=sys.stderr)
 
 
 def read_lines(path: Path) -> tuple[list[Line], list[str]]:
@@ -112,9 +137,7 @@ def _judge(args: argparse.Namespace, lines: list[Line]) -> list[Judgement]:
             items.append(build[args.judge](line))
         except (ValidationError, ValueError, KeyError, TypeError) as err:
             items.append(f"{args.inp}:{line['_line']}: cannot judge: {_brief(err)}")
-    for item in items:
-        if isinstance(item, str):
-            print(f"harness judge: {item}", file=sys.stderr)
+    _print_problems([item for item in items if isinstance(item, str)])
     ok = [item for item in items if not isinstance(item, str)]
     results = iter(_run_judge(args, ok))
     out: list[Judgement] = []

@@ -23,6 +23,15 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from harness.common.errors import InputError
+
+    missing = [m for m in ("matplotlib", "seaborn", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:  # before the report package (it imports the plotting libraries) and before any file is read
+        raise InputError(
+            "environment", "harness report", "the report extra: pip install 'mote-harness[report]'", missing
+        )
     from harness.report import load_runs, parse_formats, write_report
 
     formats = parse_formats(args.format)

@@ -6,8 +6,16 @@ import harness.lmeval  # noqa: F401  (registers the models)
 
 
 def main() -> None:
-    from lm_eval.__main__ import cli_evaluate
+    import sys
 
+    try:
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError as err:
+        print(
+            f"mote-lm-eval: error: lm-eval is not installed ({err}); pip install 'mote-harness[lmeval]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     cli_evaluate()
 
 

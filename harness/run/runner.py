@@ -66,6 +66,7 @@ class Runner:
         run_dir: Path,
         resume: bool = False,
         backend_factory: Callable[[Path, Suite], Backend] | None = None,
+        check_judges: bool = True,
     ) -> None:
         self.suite = suite
         self.suite_path = suite_path
@@ -73,11 +74,19 @@ class Runner:
         self.resume = resume
         self._backend_factory = backend_factory or make_backend
         self._backend: Backend | None = None
+        if suite.backend == "vllm":
+            from harness.vllm_plugin.availability import vllm_import_error
+
+            reason = vllm_import_error()
+            if reason is not None:
+                raise InputError(suite_path, "backend", "vllm installed for backend: vllm", reason)
         self.model_path = _resolve_model(suite, suite_path)
         self.spec = self._inspect()
         self.prompts = {t.name: load_task_prompts(t, suite_path) for t in suite.tasks}
         self.targeted_file = self._load_targeted_file()
         self._check_inputs()
+        if check_judges:
+            self._check_judges()
 
     # -- set-up: every check before any model loads -------------------------------------------
     def _inspect(self) -> ModelSpec:
@@ -114,6 +123,24 @@ class Runner:
                     f"tasks.{ftri_spec.task}",
                     "a split (discovery / evaluation) on every prompt of the fTRI task, or "
                     f"evaluation.allow_discovery_overlap: true; {len(unsplit)} have none, e.g. {unsplit[:3]}",
+                )
+
+    def _check_judges(self) -> None:
+        """One minimal call to every LLM judge the tasks use, before any model loads."""
+        from judges.client import EndpointConfig
+        from judges.preflight import endpoint_problem
+
+        used = {t.judge_name for t in self.suite.tasks} & {"refusal-llm", "mt-bench"}
+        for name in sorted(used):
+            endpoint = self.suite.judges[name]
+            config = EndpointConfig(base_url=endpoint.base_url, model=endpoint.model, api_key_env=endpoint.api_key_env)
+            problem = endpoint_problem(config)
+            if problem is not None:
+                raise InputError(
+                    self.suite_path,
+                    f"judges.{name}",
+                    f"a judge that answers a one-token call at {endpoint.base_url} with model {endpoint.model!r} "
+                    f"(it answered: {problem}; --skip-judge-check skips this call)",
                 )
 
     @property

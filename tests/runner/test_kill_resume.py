@@ -19,6 +19,7 @@ from test_runner import ScriptedBackend, _write_suite
 from harness.run.run_store import RunStore
 from harness.run.runner import Runner
 from harness.suite.schema import load_suite
+from judges.preflight import MESSAGE as PREFLIGHT
 
 KEY_ENV = "MOTE_TEST_JUDGE_KEY"
 CHILD = """
@@ -43,13 +44,16 @@ def _judge_reply(user: str) -> str:
 
 
 class CountingJudge(FakeOpenAI):
-    """The fake judge, remembering every judged input (to find repeated calls)."""
+    """The fake judge, remembering every judged input (to find repeated calls; a run's one-token check
+    of the judge before it starts is not a judged input)."""
 
     def __init__(self) -> None:
         self.inputs: list[str] = []
         super().__init__(self._reply)
 
     def _reply(self, user: str) -> str:
+        if user == PREFLIGHT:
+            return "OK"
         self.inputs.append(user)
         time.sleep(0.2)  # a slow judge: the kill lands while calls are in flight
         return _judge_reply(user)

@@ -71,7 +71,6 @@ conditions:
     samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     turn2 = [s for s in samples if s["task"] == "mtbench" and s["id"].endswith("/turn2")]
     assert len(turn2) == 8 * 5  # every question under every condition
-    calls = grader.total
     again = Runner(
         load_suite(suite_file),
         suite_file,
@@ -79,5 +78,6 @@ conditions:
         resume=True,
         backend_factory=lambda *_: ScriptedBackend(runner.spec),
     )
+    calls = grader.total  # after the resumed runner's one-token check of the judge
     again.run()
     assert grader.total == calls  # nothing judged twice
