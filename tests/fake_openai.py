@@ -29,6 +29,7 @@ class FakeOpenAI:
         self.reply = reply or (lambda _user: DEFAULT_REPLY)
         self.key = key
         self.models = models
+        self.force_mode: str | None = None  # set: every request answered in this mode (an outage, say)
         self.counts: Counter[str] = Counter()
         self.auth_headers: list[str] = []
         self.in_flight = 0
@@ -71,7 +72,7 @@ class FakeOpenAI:
                 users = [m["content"] for m in body.get("messages", []) if m["role"] == "user"]
                 user = users[-1] if users else ""
                 found = re.search(r"MODE=(\w+)", user)
-                mode = found.group(1) if found else "ok"
+                mode = fake.force_mode or (found.group(1) if found else "ok")
                 with fake._lock:
                     fake.counts[mode] += 1
                     fake.auth_headers.append(self.headers.get("authorization", ""))

@@ -1,6 +1,7 @@
 """`harness` command line: one module per subcommand, each with `register(subparsers)`.
 
-Exit codes: 0 success, 1 a check failed (e.g. a gate), 2 bad input (named file and field).
+Exit codes: 0 success, 1 a check failed (e.g. a gate), 2 bad input (named file and field), 3 stopped
+because a service it needs kept failing (an LLM judge): resume once it is back.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.common.errors import InputError, UnsupportedModelError
+from judges.health import JudgeUnavailableError
 
 # Subcommand modules under harness.cli, in help order. Each defines register(subparsers), which
 # adds its parser and sets `func` (args -> exit code).
@@ -48,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, UnsupportedModelError) as err:
         print(f"harness {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except JudgeUnavailableError as err:
+        print(f"harness {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
     return code
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from harness.run.run_store import SCHEMA_VERSION
 from harness.suite.schema import Suite, TaskSpec
 from harness.suite.task_prompts import TaskPrompt
+from judges.health import stop_if_failing
 
 Item = tuple[str, str, TaskPrompt, dict[str, Any], str]  # task, condition, prompt, sample, judge
 
@@ -90,6 +91,7 @@ class JudgeSet:
                         MTBenchItem(id=prompt.id, question_id=int(extra["question_id"]), turn=turn, answers=answers)
                     )
                 out += judge_many(bench, requests, client)
+        stop_if_failing("mt-bench", config.base_url, out)
         return out
 
     def _llm(self, items: Sequence[Item]) -> list[Any]:
@@ -103,7 +105,9 @@ class JudgeSet:
                 RefusalItem(id=p.id, prompt=p.prompt or _last_user(p), answer=s["answer"], think=s["think"])
                 for _, _, p, s, _ in items
             ]
-            return list(judge_many(requests, client))
+            judgements = list(judge_many(requests, client))
+        stop_if_failing("refusal-llm", config.base_url, judgements)
+        return judgements
 
 
 def _offline(judge: str, prompt: TaskPrompt, sample: dict[str, Any]) -> Any:
