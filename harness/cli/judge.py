@@ -38,8 +38,15 @@ Line = dict[str, Any]
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("judge", help="label responses with a judge (refusal, language, MT-Bench)")
     p.add_argument("--judge", required=True, choices=JUDGES)
-    p.add_argument("--in", dest="inp", required=True, type=Path, help="JSONL: id, response [, prompt, think]")
-    p.add_argument("--out", required=True, type=Path, help="output JSONL (input line + label + judgement)")
+    p.add_argument("--in", dest="inp", type=Path, help="JSONL: id, response [, prompt, think]")
+    p.add_argument("--out", type=Path, help="output JSONL (input line + label + judgement)")
+    p.add_argument(
+        "--run",
+        type=Path,
+        metavar="RUN_DIR",
+        help="re-judge a finished run's samples into RUN_DIR/judges/ (its own labels untouched) and write "
+        "the judges' agreement (RUN_DIR/judge_agreement.json)",
+    )
     p.add_argument("--endpoint", help="OpenAI-compatible base URL (LLM judges)")
     p.add_argument("--judge-model", help="judge model name (LLM judges)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="NAME of the env var holding the API key")
@@ -58,6 +65,11 @@ SHOWN_PROBLEMS = 5  # bad lines printed one by one; the rest are counted
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.run is not None:
+        return _rejudge_run(args)
+    for flag, value in (("--in", args.inp), ("--out", args.out)):
+        if value is None:
+            raise InputError(flag, flag, "a file (or --run RUN_DIR to re-judge a finished run)")
     _check_arguments(args)  # before any line is read
     lines, problems = read_lines(args.inp)
     if not lines:
@@ -75,7 +87,40 @@ def run(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
+def _rejudge_run(args: argparse.Namespace) -> int:
+    from harness.run.rejudge import agreement_markdown, load_run, rejudge, write_agreement
+    from harness.suite.schema import EndpointSpec
+
+    if args.inp is not None or args.out is not None:
+        raise InputError("--run", "--run", "either --run RUN_DIR or --in/--out, not both")
+    load_run(args.run)  # a folder that is no run is refused before any judge is called
+    endpoint = None
+    if args.judge in ("refusal-llm", "mt-bench"):
+        _check_arguments(args, bench_dir=False)  # a run's MT-Bench task names its own folder
+        endpoint = EndpointSpec(
+            base_url=args.endpoint,
+            model=args.judge_model,
+            api_key_env=args.api_key_env,
+            max_concurrency=args.max_concurrency,
+        )
+        from judges.client import EndpointConfig
+        from judges.preflight import endpoint_problem
+
+        problem = endpoint_problem(
+            EndpointConfig(base_url=args.endpoint, model=args.judge_model, api_key_env=args.api_key_env)
+        )
+        if problem is not None:
+            raise InputError("--endpoint", "--endpoint", f"a judge that answers at {args.endpoint}", problem)
+    out = rejudge(args.run, args.judge, endpoint, progress=not args.no_progress)
+    path, rows = write_agreement(args.run)
+    (args.run / "judge_agreement.md").write_text(agreement_markdown(rows), encoding="utf-8")
+    print(f"labels: {out}")
+    print(agreement_markdown(rows), end="")
+    print(f"agreement: {path} (and judge_agreement.md; `harness report` shows it)")
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace, bench_dir: bool = True) -> None:
     if args.judge not in ("refusal-llm", "mt-bench"):
         return
     for flag, value in (("--endpoint", args.endpoint), ("--judge-model", args.judge_model)):
@@ -84,7 +129,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     from judges.client import read_api_key
 
     read_api_key(args.api_key_env)
-    if args.judge == "mt-bench" and args.mt_bench_dir is None:
+    if bench_dir and args.judge == "mt-bench" and args.mt_bench_dir is None:
         raise InputError("--mt-bench-dir", "mt_bench_dir", "the MT-Bench folder (FastChat layout)")
 
 

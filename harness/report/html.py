@@ -124,6 +124,7 @@ def run_section(run: RunResults, plots: Sequence[Plot], page_dir: Path) -> str:
         if stability is not None:
             text += f"; bootstrap Jaccard {stability:.2f}"
         lines.append(f'<p class="meta">{html.escape(text)}</p>')
+    lines += agreement_html(run)
     lines.append('<div class="plots">')
     for plot in plots:
         src = plot.path.relative_to(page_dir).as_posix()
@@ -134,6 +135,32 @@ def run_section(run: RunResults, plots: Sequence[Plot], page_dir: Path) -> str:
         )
     lines += ["</div>", "</section>"]
     return "\n".join(lines)
+
+
+def agreement_html(run: RunResults) -> list[str]:
+    """The judges' agreement table of a run that was re-judged (`harness judge --run`), if any."""
+    import json
+
+    path = run.path / "judge_agreement.json"
+    if not path.is_file():
+        return []
+    header = ["task", "judge A", "judge B", "n", "agreement", "Cohen's kappa", "confusion (A -> B)"]
+    rows: list[Cells] = []
+    for r in json.loads(path.read_text(encoding="utf-8")):
+        confusion = ", ".join(f"{c['a']}->{c['b']}: {c['count']}" for c in r["confusion"])
+        rows.append(
+            {
+                "task": (str(r["task"]), None),
+                "judge A": (str(r["a"]), None),
+                "judge B": (str(r["b"]), None),
+                "n": (str(r["n"]), float(r["n"])),
+                "agreement": (f"{r['accuracy']:.3f}", float(r["accuracy"])),
+                "Cohen's kappa": (f"{r['kappa']:.3f}", float(r["kappa"])),
+                "confusion (A -> B)": (confusion + (" (refused vs not)" if r["collapsed"] else ""), None),
+            }
+        )
+    table_id = f"agreement-{html.escape(run.run_id)}"
+    return ["<h3>Agreement between judges</h3>", table_html(header, rows, table_id=table_id)]
 
 
 def page(title: str, table: str, sections: Sequence[str], notes: Sequence[str]) -> str:
