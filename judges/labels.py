@@ -15,6 +15,27 @@ SCHEMA_VERSION = 1
 UNSCORED: Literal["unscored"] = "unscored"
 
 
+def unscored_category(reason: str | None) -> str:
+    """What an unscored label's reason comes to, for counting: `connection`, `timeout`, `http 401`,
+    `empty reply`, `call failed` (a judge call that failed after its retries) or `unparseable` (a reply
+    the judge could not read)."""
+    import re
+
+    text = reason or ""
+    if not text.startswith("judge call failed: "):
+        return "unparseable"
+    if "Timeout" in text:
+        return "timeout"
+    if "APIConnectionError" in text:
+        return "connection"
+    code = re.search(r"Error code: (\d{3})", text)
+    if code:
+        return f"http {code.group(1)}"
+    if "no message content" in text:
+        return "empty reply"
+    return "call failed"
+
+
 class Usage(BaseModel):
     """Token usage of one judge call (zeros for a cache hit's new usage: see `cached`)."""
 

@@ -12,6 +12,7 @@ band, n = seeds) besides their per-seed rows.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -319,14 +320,27 @@ def _scored(label: str | None) -> str | None:
 
 
 def unscored_rows(
-    task: str, judge: str, prompts: Sequence[TaskPrompt], conditions: Sequence[Condition], labels: Labels
+    task: str,
+    judge: str,
+    prompts: Sequence[TaskPrompt],
+    conditions: Sequence[Condition],
+    labels: Labels,
+    reasons: Mapping[tuple[str, str, str, str], str] | None = None,
 ) -> list[MetricRow]:
-    """unscored_share: samples the task's judge could not label, over all samples of the condition."""
+    """unscored_share: samples the task's judge could not label, over all samples of the condition; the
+    note counts them by reason (`reasons`: label key -> judges.labels.unscored_category)."""
     rows = []
     for cond in conditions:
-        found = [labels.get((task, cond.name, p.id, judge)) for p in prompts]
+        keys = [(task, cond.name, p.id, judge) for p in prompts]
+        found = [labels.get(key) for key in keys]
         missing = sum(label is None or label == "unscored" for label in found)
         n = len(found)
+        counts = Counter(
+            (reasons or {}).get(key, "unscored") for key, label in zip(keys, found, strict=True) if label == "unscored"
+        )
+        if any(label is None for label in found):
+            counts["not judged"] = sum(label is None for label in found)
+        note = "by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else None
         rows.append(
             MetricRow(
                 task=task,
@@ -335,6 +349,7 @@ def unscored_rows(
                 value=missing / n if n else None,
                 n=n,
                 unscored=missing,
+                note=note,
             )
         )
     return rows

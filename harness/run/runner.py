@@ -503,8 +503,18 @@ class Runner:
             if r["task"] == task and r["judge"] == "mt-bench"
         }
 
+    def _unscored_reasons(self) -> dict[tuple[str, str, str, str], str]:
+        from judges.labels import unscored_category
+
+        return {
+            label_key(r): unscored_category((r.get("judgement") or {}).get("unscored_reason"))
+            for r in self.store.records(self.store.labels_file)
+            if r["label"] == "unscored"
+        }
+
     def _summarise(self, conditions: Sequence[Condition]) -> list[MetricRow]:
         labels = self._labels()
+        reasons = self._unscored_reasons()
         split = self.suite.evaluation.split
         rows: list[MetricRow] = []
         for task in self.suite.tasks:
@@ -527,7 +537,7 @@ class Runner:
                 continue
             else:
                 rows += qa_rows(task.name, judge, prompts, conditions, labels)
-            rows += unscored_rows(task.name, judge, prompts, conditions, labels)
+            rows += unscored_rows(task.name, judge, prompts, conditions, labels, reasons)
             cross = cross_check_judge(task)
             if cross is not None:
                 rows += agreement_rows(task.name, judge, cross, prompts, conditions, labels)
