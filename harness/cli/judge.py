@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--mt-bench-dir", type=Path, help="MT-Bench folder in FastChat's layout")
     p.add_argument("--agree-with", type=Path, help="another judge's output JSONL: report Cohen's kappa")
+    p.add_argument(
+        "--primary",
+        action="store_true",
+        help="with --run: recompute summary.json and leaderboard.md with this judge as the tasks' judge",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -112,6 +117,10 @@ def _rejudge_run(args: argparse.Namespace) -> int:
         if problem is not None:
             raise InputError("--endpoint", "--endpoint", f"a judge that answers at {args.endpoint}", problem)
     out = rejudge(args.run, args.judge, endpoint, progress=not args.no_progress)
+    if args.primary:
+        from harness.run.rejudge import make_primary
+
+        print(f"summary with {out.stem} as primary judge: {make_primary(args.run, out)}")
     path, rows = write_agreement(args.run)
     (args.run / "judge_agreement.md").write_text(agreement_markdown(rows), encoding="utf-8")
     print(f"labels: {out}")

@@ -197,3 +197,26 @@ def agreement_markdown(rows: list[dict[str, Any]]) -> str:
             f"{confusion} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def make_primary(run_dir: Path, label_file: Path) -> Path:
+    """Recompute summary.json and leaderboard.md of a finished run with a re-judged label set as its
+    tasks' judge (the experts fTRI chose stay: discovery keeps its judge). The previous summary is kept
+    as summary-before-<label set>.json. Nothing is generated: every sample is already there."""
+    import shutil
+
+    from harness.run.runner import Runner
+
+    store, suite, suite_file = load_run(run_dir)
+    labels = {(r["task"], r["condition"], r["id"]): r["label"] for r in store.records(label_file)}
+    backup = run_dir / f"summary-before-{label_file.stem}.json"
+    if (run_dir / "summary.json").is_file() and not backup.exists():
+        shutil.copy2(run_dir / "summary.json", backup)
+    runner = Runner(suite, suite_file, run_dir, resume=True, backend_factory=_no_backend, check_judges=False)
+    runner.use_primary_labels(labels)
+    runner.run()
+    return run_dir / "summary.json"
+
+
+def _no_backend(*_: Any) -> Any:
+    raise InputError("--primary", "--primary", "a finished run (every sample generated): this one still needs a model")

@@ -74,6 +74,7 @@ class Runner:
         self.resume = resume
         self._backend_factory = backend_factory or make_backend
         self._backend: Backend | None = None
+        self._primary: dict[tuple[str, str, str], str] = {}  # use_primary_labels
         if suite.backend == "vllm":
             from harness.vllm_plugin.availability import vllm_import_error
 
@@ -460,8 +461,19 @@ class Runner:
         self.store.write_routing_chunk(arrays)
 
     # -- judging --------------------------------------------------------------------------------
+    def use_primary_labels(self, labels: dict[tuple[str, str, str], str]) -> None:
+        """Evaluate with these labels ({(task, condition, id): label}, e.g. a re-judged set) in place of each
+        of their tasks' judge; discovery keeps the judge that chose the experts, so no condition changes."""
+        self._primary = labels
+
     def _labels(self) -> dict[tuple[str, str, str, str], str]:
-        return {label_key(r): r["label"] for r in self.store.records(self.store.labels_file)}
+        labels = {label_key(r): r["label"] for r in self.store.records(self.store.labels_file)}
+        primary = self._primary
+        judge_of = {t.name: t.judge_name for t in self.suite.tasks}
+        for (task, condition, pid), label in primary.items():
+            if condition != DISCOVERY and task in judge_of:
+                labels[(task, condition, pid, judge_of[task])] = label
+        return labels
 
     def _judge(self, work: Sequence[WorkItem], what: str) -> None:
         samples = {sample_key(r): r for r in self.store.records(self.store.samples_file)}

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 from fake_openai import FakeOpenAI
 
 from harness.cli import main
@@ -83,3 +84,23 @@ def test_an_offline_judge_rejudges_a_run_too(run_copy):
     rows = json.loads((run_copy / "judge_agreement.json").read_text())
     same = next(r for r in rows if r["a"] == "refusal-string" and r["b"] == "refusal-string (re-judged)")
     assert same["kappa"] == 1.0 and same["accuracy"] == 1.0
+
+
+def test_primary_recomputes_the_summary_with_the_new_judge_and_keeps_the_experts(run_copy, strong_judge):
+    def refusal_rate(summary):
+        return next(
+            r["value"]
+            for r in summary
+            if (r["task"], r["condition"], r["metric"]) == ("sensitive", "baseline", "refusal_rate")
+        )
+
+    before = json.loads((run_copy / "summary.json").read_text())
+    experts = yaml.safe_load((run_copy / "experts.yaml").read_text())["experts"]
+    samples = (run_copy / "samples.jsonl").read_bytes()
+    assert refusal_rate(before) > 0
+    assert main([*_argv(run_copy, strong_judge), "--primary"]) == 0
+    after = json.loads((run_copy / "summary.json").read_text())
+    assert refusal_rate(after) == 0.0  # the strong judge sees no refusal
+    assert json.loads((run_copy / "summary-before-refusal-llm@strong.json").read_text()) == before
+    assert yaml.safe_load((run_copy / "experts.yaml").read_text())["experts"] == experts  # discovery kept its judge
+    assert (run_copy / "samples.jsonl").read_bytes() == samples  # nothing generated
