@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if value is None:
             raise InputError(flag, flag, "a file (or --run RUN_DIR to re-judge a finished run)")
     _check_arguments(args)  # before any line is read
+    _check_endpoint(args)
     lines, problems = read_lines(args.inp)
     if not lines:
         raise InputError(args.inp, "--in", "at least one JSON line with an id", f"{len(problems)} bad lines")
@@ -108,14 +109,7 @@ def _rejudge_run(args: argparse.Namespace) -> int:
             api_key_env=args.api_key_env,
             max_concurrency=args.max_concurrency,
         )
-        from judges.client import EndpointConfig
-        from judges.preflight import endpoint_problem
-
-        problem = endpoint_problem(
-            EndpointConfig(base_url=args.endpoint, model=args.judge_model, api_key_env=args.api_key_env)
-        )
-        if problem is not None:
-            raise InputError("--endpoint", "--endpoint", f"a judge that answers at {args.endpoint}", problem)
+        _check_endpoint(args)
     out = rejudge(args.run, args.judge, endpoint, progress=not args.no_progress)
     if args.primary:
         from harness.run.rejudge import make_primary
@@ -127,6 +121,19 @@ def _rejudge_run(args: argparse.Namespace) -> int:
     print(agreement_markdown(rows), end="")
     print(f"agreement: {path} (and judge_agreement.md; `harness report` shows it)")
     return 0
+
+
+def _check_endpoint(args: argparse.Namespace) -> None:
+    """One one-token call to an LLM judge's endpoint: a wrong URL, key or model is found before any line."""
+    if args.judge not in ("refusal-llm", "mt-bench"):
+        return
+    from judges.client import EndpointConfig
+    from judges.preflight import endpoint_problem
+
+    config = EndpointConfig(base_url=args.endpoint, model=args.judge_model, api_key_env=args.api_key_env)
+    problem = endpoint_problem(config)
+    if problem is not None:
+        raise InputError("--endpoint", "--endpoint", f"a judge that answers at {args.endpoint}", problem)
 
 
 def _check_arguments(args: argparse.Namespace, bench_dir: bool = True) -> None:

@@ -98,6 +98,22 @@ def invocations(root, port):
             "--api-key-env",
             "MOTE_NO_SUCH_KEY_VAR",
         ],
+        [
+            "judge",
+            "--judge",
+            "refusal-llm",
+            "--in",
+            str(root / "prompts.jsonl"),
+            "--out",
+            str(root / "j.jsonl"),
+            "--endpoint",
+            url,
+            "--judge-model",
+            "m",
+            "--api-key-env",
+            "MOTE_TEST_BAD_KEY",
+        ],
+        ["judge", "--run", missing, "--judge", "refusal-string"],
         ["gate", missing, "--rules", "tasks/gates/quickstart.yaml"],
         ["gate", str(root / "run"), "--rules", str(root / "bad.yaml")],
         ["report", missing],
@@ -113,7 +129,8 @@ def invocations(root, port):
     ]
 
 
-def test_every_bad_invocation_exits_2_without_a_traceback(files, capsys):
+def test_every_bad_invocation_exits_2_without_a_traceback(files, capsys, monkeypatch):
+    monkeypatch.setenv("MOTE_TEST_BAD_KEY", "sk-any")  # a key, for the endpoint where nothing listens
     port = _free_port()
     outcomes = []
     for argv in invocations(files, port):
@@ -126,7 +143,7 @@ def test_every_bad_invocation_exits_2_without_a_traceback(files, capsys):
         outcomes.append((argv, code, "Traceback" in output, output.strip().splitlines()[-1:] if output else []))
     wrong = [(argv, code, last) for argv, code, traceback, last in outcomes if code != 2 or traceback]
     assert not wrong, "\n".join(f"{a}: exit {c}: {last}" for a, c, last in wrong)
-    assert len(outcomes) >= 30
+    assert len(outcomes) >= 33
 
 
 def test_a_file_with_many_bad_lines_prints_the_first_few_and_a_count(tmp_path, capsys):

@@ -84,7 +84,7 @@ def test_llm_refusal_judge_runs_against_an_endpoint_and_caches(
     assert rows[1]["judgement"]["raw_reply"].endswith("ANSWER_VERDICT: refused")
     sent = fake_openai.total
     assert main(args) == 0
-    assert fake_openai.total == sent
+    assert fake_openai.total == sent + 1  # the one-token check of the endpoint; every judge call from the cache
     assert "3 from cache" in capsys.readouterr().err
     assert "sk-test-secret-123" not in out.read_text()
 
