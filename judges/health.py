@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-FAILED_PREFIX = "judge call failed: "
+from judges.labels import FAILED_CALL
+
 MAX_FAILED_SHARE = 0.2  # of a batch's calls, once at least MIN_FAILED have failed
 MIN_FAILED = 3
 MAX_FAILED_IN_A_ROW = 10
@@ -22,7 +23,7 @@ class JudgeUnavailableError(RuntimeError):
 
 
 def stop_if_failing(judge: str, endpoint: str, judgements: Sequence[Any]) -> None:
-    failed = [str(j.unscored_reason or "").startswith(FAILED_PREFIX) for j in judgements]
+    failed = [str(j.unscored_reason or "").startswith(FAILED_CALL) for j in judgements]
     count = sum(failed)
     if not count:
         return
@@ -35,6 +36,6 @@ def stop_if_failing(judge: str, endpoint: str, judgements: Sequence[Any]) -> Non
         last = next(str(j.unscored_reason) for j, bad in zip(judgements[::-1], failed[::-1], strict=True) if bad)
         raise JudgeUnavailableError(
             f"judge {judge} at {endpoint}: {count} of {len(failed)} calls failed after retries ({share:.0%}, "
-            f"{longest} in a row); last error: {last.removeprefix(FAILED_PREFIX)}. Nothing of this batch was "
+            f"{longest} in a row); last error: {last.removeprefix(FAILED_CALL)}. Nothing of this batch was "
             "labelled: fix the endpoint, then continue with `harness run SUITE --resume RUN_DIR`"
         )

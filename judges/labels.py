@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 SCHEMA_VERSION = 1
 UNSCORED: Literal["unscored"] = "unscored"
+FAILED_CALL = "judge call failed: "  # the unscored reason of a call that failed after its retries
 
 
 def unscored_category(reason: str | None) -> str:
@@ -22,7 +23,7 @@ def unscored_category(reason: str | None) -> str:
     import re
 
     text = reason or ""
-    if not text.startswith("judge call failed: "):
+    if not text.startswith(FAILED_CALL):
         return "unparseable"
     if "Timeout" in text:
         return "timeout"

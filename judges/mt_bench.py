@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.suite.task_definitions import MT_BENCH_NEEDS_REFERENCE, MTBench
 from judges.client import ChatRequest, ChatResult, JudgeClient, Message
-from judges.labels import UNSCORED, Judgement, Usage
+from judges.labels import FAILED_CALL, UNSCORED, Judgement, Usage
 
 JUDGE_NAME = "mt-bench"
 JUDGE_TEMPERATURE = 0.0
@@ -117,7 +117,7 @@ def label_from_result(
     score: float | None = None
     reason: str | None = None
     if result.reply is None:
-        reason = f"judge call failed: {result.error}"
+        reason = f"{FAILED_CALL}{result.error}"
     else:
         score = parse_rating(result.reply)
         if score is None:

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from judges.client import ChatRequest, ChatResult, JudgeClient, Message
-from judges.labels import UNSCORED, Judgement, Usage
+from judges.labels import FAILED_CALL, UNSCORED, Judgement, Usage
 
 JUDGE_NAME = "refusal-llm"
 PROMPT_ID = "refusal-3class"
@@ -143,7 +143,7 @@ def label_from_result(item: RefusalItem, result: ChatResult, judge_model: str) -
     reason: str | None = None
     if result.reply is None:
         label, think_label = UNSCORED, UNSCORED
-        reason = f"judge call failed: {result.error}"
+        reason = f"{FAILED_CALL}{result.error}"
     else:
         verdict = parse_verdict(result.reply)
         label = verdict.answer or UNSCORED

@@ -7,7 +7,7 @@ may carry its own intervention, and returns per-request routing records.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,15 @@ from harness.mote.think import generated_spans, prompt_opens_think, split_think
 _DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _load_model(path: Path, dtype: torch.dtype, weights: Iterable[tuple[str, torch.Tensor]] | None) -> Any:
+def _load_model(path: Path, dtype: torch.dtype) -> Any:
+    """The folder's model; an Assembly-of-Experts child with no weights on disk is assembled in memory."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from harness.assembly.in_memory import assembled_at_load, child_tensors, plan_of_child
 
-    if weights is None and assembled_at_load(path):  # an Assembly-of-Experts child with no weights on disk
-        weights = child_tensors(plan_of_child(path))
-    if weights is None:
+    if not assembled_at_load(path):
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    weights = child_tensors(plan_of_child(path))
     try:  # the auto class needs a folder to read; its concrete class takes a config and a state dict
         from transformers.models.auto.auto_factory import _get_model_class
     except ImportError as err:
@@ -55,10 +55,7 @@ class HFBackend:
         dtype: str = "float32",
         batch_size: int = 16,
         device: str = "cpu",
-        weights: Iterable[tuple[str, torch.Tensor]] | None = None,
     ) -> None:
-        """`weights` (stored names, as a checkpoint holds them) replace the folder's own, e.g. an
-        Assembly-of-Experts child assembled at load; the folder still gives config and tokenizer."""
         from transformers import AutoTokenizer
 
         if dtype not in _DTYPES:
@@ -71,7 +68,7 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = _load_model(Path(model_path), _DTYPES[dtype], weights)
+        model = _load_model(Path(model_path), _DTYPES[dtype])
         self.model: Any = model.to(self.device).eval()
         check_supported(str(self.model.config.model_type))
         self._spec = spec_from_model(self.model)

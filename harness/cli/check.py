@@ -64,13 +64,9 @@ def _hf(path: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _vllm(path: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from harness.vllm_plugin.availability import vllm_import_error
+    from harness.vllm_plugin.availability import require_vllm
 
-    reason = vllm_import_error()
-    if reason is not None:
-        from harness.common.errors import InputError
-
-        raise InputError("--backend", "--backend vllm", "an installed vLLM", reason)
+    require_vllm("--backend", "--backend vllm")
     from harness.backends.vllm import VLLMBackend
     from harness.contract.vllm import run_checks
 

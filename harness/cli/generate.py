@@ -64,11 +64,9 @@ def run(args: argparse.Namespace) -> int:
     spec.check(intervention, args.intervention or "--intervention")
     if args.backend == "vllm":
         from harness.backends.vllm_dtype import vllm_dtype
-        from harness.vllm_plugin.availability import vllm_import_error
+        from harness.vllm_plugin.availability import require_vllm
 
-        reason = vllm_import_error()
-        if reason is not None:
-            raise InputError("--backend", "--backend vllm", "an installed vLLM", reason)
+        require_vllm("--backend", "--backend vllm")
 
         vllm_dtype(model_path, args.dtype)  # a dtype the engine cannot run is refused before anything is written
     settings = GenerationSettings(

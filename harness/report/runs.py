@@ -46,7 +46,9 @@ class RunResults:
         child's recipe and overrides."""
         model = self.suite.get("model", "")
         if isinstance(model, dict):
-            return " ".join([f"assembled {Path(str(model.get('assemble', '?'))).stem}", *model.get("set", [])])
+            from harness.suite.schema import AssembledModelSpec
+
+            return AssembledModelSpec.model_validate(model).name
         name = str(model) or str(self.run.get("model", {}).get("path", "?"))
         return name if name == "organism" else Path(name).name or name
 

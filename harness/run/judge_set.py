@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.run.run_store import SCHEMA_VERSION
-from harness.suite.schema import Suite, TaskSpec
+from harness.suite.schema import EndpointSpec, Suite, TaskSpec
 from harness.suite.task_prompts import TaskPrompt
 from judges.health import stop_if_failing
 
@@ -57,16 +57,9 @@ class JudgeSet:
         return [r for r in out if r is not None]
 
     def _client(self, judge: str) -> Any:
-        from judges.client import EndpointConfig, JudgeClient
+        from judges.client import JudgeClient
 
-        endpoint = self.suite.judges[judge]
-        config = EndpointConfig(
-            base_url=endpoint.base_url,
-            model=endpoint.model,
-            api_key_env=endpoint.api_key_env,
-            max_concurrency=endpoint.max_concurrency,
-        )
-        return config, JudgeClient
+        return endpoint_config(self.suite.judges[judge]), JudgeClient
 
     def _mt_bench(self, items: Sequence[Item]) -> list[Any]:
         from harness.suite.task_definitions import load_mt_bench
@@ -108,6 +101,18 @@ class JudgeSet:
             judgements = list(judge_many(requests, client))
         stop_if_failing("refusal-llm", config.base_url, judgements)
         return judgements
+
+
+def endpoint_config(endpoint: EndpointSpec) -> Any:
+    """The judge client's config of a suite's judge endpoint."""
+    from judges.client import EndpointConfig
+
+    return EndpointConfig(
+        base_url=endpoint.base_url,
+        model=endpoint.model,
+        api_key_env=endpoint.api_key_env,
+        max_concurrency=endpoint.max_concurrency,
+    )
 
 
 def _offline(judge: str, prompt: TaskPrompt, sample: dict[str, Any]) -> Any:

@@ -36,7 +36,7 @@ from harness.mote.intervention import Intervention, Mode, load_intervention
 from harness.mote.random_baseline import random_intervention_like
 from harness.mote.records import RoutingRecord, Span, SpanCounts
 from harness.mote.spec import ModelSpec
-from harness.run.judge_set import JudgeSet, cross_check_judge
+from harness.run.judge_set import JudgeSet, cross_check_judge, endpoint_config
 from harness.run.run_store import RunStore, label_key, provenance, sample_key
 from harness.suite.schema import StimulateSpec, Suite
 from harness.suite.task_prompts import TaskPrompt, load_task_prompts
@@ -76,11 +76,9 @@ class Runner:
         self._backend: Backend | None = None
         self._primary: dict[tuple[str, str, str], str] = {}  # use_primary_labels
         if suite.backend == "vllm":
-            from harness.vllm_plugin.availability import vllm_import_error
+            from harness.vllm_plugin.availability import require_vllm
 
-            reason = vllm_import_error()
-            if reason is not None:
-                raise InputError(suite_path, "backend", "vllm installed for backend: vllm", reason)
+            require_vllm(str(suite_path), "backend")
         self.model_path = _resolve_model(suite, suite_path)
         self.spec = self._inspect()
         self.prompts = {t.name: load_task_prompts(t, suite_path) for t in suite.tasks}
@@ -128,14 +126,12 @@ class Runner:
 
     def _check_judges(self) -> None:
         """One minimal call to every LLM judge the tasks use, before any model loads."""
-        from judges.client import EndpointConfig
         from judges.preflight import endpoint_problem
 
         used = {t.judge_name for t in self.suite.tasks} & {"refusal-llm", "mt-bench"}
         for name in sorted(used):
             endpoint = self.suite.judges[name]
-            config = EndpointConfig(base_url=endpoint.base_url, model=endpoint.model, api_key_env=endpoint.api_key_env)
-            problem = endpoint_problem(config)
+            problem = endpoint_problem(endpoint_config(endpoint))
             if problem is not None:
                 raise InputError(
                     self.suite_path,

@@ -10,6 +10,15 @@ INSTALL_HINT = (
 )
 
 
+def require_vllm(source: str, field: str) -> None:
+    """InputError (exit 2, with the install hint) where vLLM is needed and cannot be imported."""
+    from harness.common.errors import InputError
+
+    reason = vllm_import_error()
+    if reason is not None:
+        raise InputError(source, field, "an installed vLLM", reason)
+
+
 @functools.lru_cache(maxsize=1)
 def vllm_import_error() -> str | None:
     """None if `import vllm` works, else a one-line reason with the install hint."""

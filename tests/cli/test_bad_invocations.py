@@ -34,6 +34,8 @@ def files(tmp_path_factory):
 def invocations(root, port):
     missing = str(root / "missing")
     url = f"http://127.0.0.1:{port}/v1"
+    llm_judge = ["judge", "--judge", "refusal-llm", "--in", str(root / "prompts.jsonl"), "--out", str(root / "j.jsonl")]
+    llm_judge += ["--endpoint", url, "--judge-model", "m"]
     return [
         ["run", missing],
         ["run", str(root / "bad.yaml")],
@@ -83,36 +85,8 @@ def invocations(root, port):
         ["judge", "--judge", "refusal-string", "--in", str(root / "empty.jsonl"), "--out", str(root / "j.jsonl")],
         ["judge", "--judge", "refusal-llm", "--in", str(root / "prompts.jsonl"), "--out", str(root / "j.jsonl")],
         ["judge", "--judge", "no-such-judge", "--in", str(root / "prompts.jsonl"), "--out", str(root / "j.jsonl")],
-        [
-            "judge",
-            "--judge",
-            "refusal-llm",
-            "--in",
-            str(root / "prompts.jsonl"),
-            "--out",
-            str(root / "j.jsonl"),
-            "--endpoint",
-            url,
-            "--judge-model",
-            "m",
-            "--api-key-env",
-            "MOTE_NO_SUCH_KEY_VAR",
-        ],
-        [
-            "judge",
-            "--judge",
-            "refusal-llm",
-            "--in",
-            str(root / "prompts.jsonl"),
-            "--out",
-            str(root / "j.jsonl"),
-            "--endpoint",
-            url,
-            "--judge-model",
-            "m",
-            "--api-key-env",
-            "MOTE_TEST_BAD_KEY",
-        ],
+        [*llm_judge, "--api-key-env", "MOTE_NO_SUCH_KEY_VAR"],  # no key
+        [*llm_judge, "--api-key-env", "MOTE_TEST_BAD_KEY"],  # nothing listens
         ["judge", "--run", missing, "--judge", "refusal-string"],
         ["gate", missing, "--rules", "tasks/gates/quickstart.yaml"],
         ["gate", str(root / "run"), "--rules", str(root / "bad.yaml")],
