@@ -7,7 +7,7 @@ non-editable `pip install .` finds it through importlib.resources.
 from setuptools import find_packages, setup
 
 packages = find_packages(include=["harness", "harness.*", "judges", "judges.*"])
-packages += ["harness.organism.checkpoint"]  # the shipped organism (data only, no __init__.py)
+packages += ["harness.organism.checkpoint", "harness.organism.direct"]  # the shipped organisms (data only)
 packages += ["harness._tasks"] + [f"harness._tasks.{p}" for p in find_packages("tasks")]
 
 setup(packages=packages, package_dir={"harness._tasks": "tasks"})

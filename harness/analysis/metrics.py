@@ -35,23 +35,33 @@ class Condition:
     mode: str | None = None
     seed: int | None = None
     k: int | None = None
+    model: str | None = None  # in a model sweep: the model it runs on (its baseline condition's name)
+    lam: float | None = None  # ... and that model's lambda
 
     @property
     def random_group(self) -> str | None:
         """The aggregate name of a random seed's group (random, random:mask, k_sweep:k=5:random)."""
         if self.family == "random":
-            return "random" if self.mode == "drop" else f"random:{self.mode}"
+            return self._on_model("random" if self.mode == "drop" else f"random:{self.mode}")
         if self.family == "k_sweep_random":
-            return f"k_sweep:k={self.k}:random"
+            return self._on_model(f"k_sweep:k={self.k}:random")
         return None
 
     def matching_random_group(self) -> str | None:
         """For a targeted condition, the random group it is compared with."""
         if self.family == "targeted":
-            return "random" if self.mode == "drop" else f"random:{self.mode}"
+            return self._on_model("random" if self.mode == "drop" else f"random:{self.mode}")
         if self.family == "k_sweep":
-            return f"k_sweep:k={self.k}:random"
+            return self._on_model(f"k_sweep:k={self.k}:random")
         return None
+
+    def _on_model(self, name: str) -> str:
+        return name if self.model is None else f"{self.model}|{name}"
+
+
+def baseline_name(conditions: Sequence[Condition]) -> str | None:
+    """The name of the conditions' baseline (`baseline`, or a sweep model's own), None without one."""
+    return next((c.name for c in conditions if c.family == "baseline"), None)
 
 
 def outcomes(
@@ -132,7 +142,8 @@ def _versus_baseline(
     seed: int,
 ) -> list[MetricRow]:
     """Paired effects vs baseline, random distributions, targeted vs random, Holm over hypotheses."""
-    base = per_condition.get("baseline")
+    base_cond = baseline_name(conditions)
+    base = per_condition.get(base_cond) if base_cond is not None else None
     if base is None:
         return []
     paired = _paired_effects(task, what, conditions, base, per_condition, resamples, seed)
@@ -266,7 +277,7 @@ def language_rows(
 ) -> list[MetricRow]:
     ids = [p.id for p in prompts]
     rows: list[MetricRow] = []
-    base = {pid: _scored(labels.get((task, "baseline", pid, judge))) for pid in ids}
+    base = {pid: _scored(labels.get((task, baseline_name(conditions) or "baseline", pid, judge))) for pid in ids}
     switch_by_group: dict[str, list[float]] = {}
     for cond in conditions:
         langs = {pid: _scored(labels.get((task, cond.name, pid, judge))) for pid in ids}
@@ -296,13 +307,14 @@ def qa_rows(
 ) -> list[MetricRow]:
     ids = [p.id for p in prompts]
     rows: list[MetricRow] = []
-    base = outcomes(labels, task, "baseline", judge, ids, _is("correct"))
+    base_cond = baseline_name(conditions)
+    base = outcomes(labels, task, base_cond or "baseline", judge, ids, _is("correct"))
     by_group: dict[str, list[float]] = {}
     for cond in conditions:
         acc = outcomes(labels, task, cond.name, judge, ids, _is("correct"))
         est = stats.rate(acc)
         rows.append(MetricRow.of(task, cond.name, "accuracy", est))
-        if cond.family != "baseline" and "baseline" in {c.name for c in conditions}:
+        if cond.family != "baseline" and base_cond is not None:
             rows.append(MetricRow.of(task, cond.name, "mcnemar_p", stats.mcnemar_exact(base, acc)))
         if cond.random_group is not None and np.isfinite(est.value):
             by_group.setdefault(cond.random_group, []).append(est.value)
@@ -399,6 +411,7 @@ def mt_bench_rows(
     for (cond_name, sample_id), (score, _) in scores.items():
         by_cond.setdefault(cond_name, {})[sample_id] = score
     deltas: dict[str, list[float]] = {}
+    base_cond = baseline_name(conditions)
     for cond in conditions:
         cur = by_cond.get(cond.name, {})
         rows.append(MetricRow.of(task, cond.name, "mt_bench_score", _mean(cur)))
@@ -406,8 +419,8 @@ def mt_bench_rows(
         for category in categories:
             subset = {sid: s for (c, sid), (s, cat) in scores.items() if c == cond.name and cat == category}
             rows.append(MetricRow.of(task, cond.name, f"mt_bench_score:{category}", _mean(subset)))
-        if cond.family != "baseline" and "baseline" in by_cond:
-            delta, p = stats.score_change(by_cond["baseline"], cur)
+        if cond.family != "baseline" and base_cond in by_cond:
+            delta, p = stats.score_change(by_cond[base_cond], cur)
             rows.append(MetricRow.of(task, cond.name, "mt_bench_score_delta", delta))
             rows.append(MetricRow.of(task, cond.name, "mt_bench_wilcoxon_p", p))
             if cond.random_group is not None and np.isfinite(delta.value):

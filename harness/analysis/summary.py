@@ -1,7 +1,9 @@
-"""summary.json: a list of typed rows that tools read without knowing the code.
+"""summary.json: typed rows that tools read without knowing the code.
 
-Each row: task, condition, metric, value, ci_low, ci_high, n, unscored (+ schema_version and an
-optional note). Metric names are documented in README.md ("Metrics in summary.json").
+Each row: task, condition, metric, value, ci_low, ci_high, n, unscored (+ schema_version, an optional
+note, and in a model sweep the child's `lambda`). Metric names are documented in README.md ("Metrics in
+summary.json"). A run's summary.json is the list of rows; a model sweep's is an object
+`{"schema_version", "rows": [...], "transitions": [...]}` (harness/sweep/transitions.py).
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.analysis.stats import Estimate
 from harness.common.atomic_files import write_whole
@@ -20,7 +23,7 @@ SCHEMA_VERSION = 1
 
 
 class MetricRow(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     schema_version: int = SCHEMA_VERSION
     task: str
@@ -32,6 +35,7 @@ class MetricRow(BaseModel):
     n: int
     unscored: int = 0
     note: str | None = None
+    lambda_: float | None = Field(default=None, alias="lambda")  # a model sweep's child: its lambda
 
     @field_validator("value", "ci_low", "ci_high")
     @classmethod
@@ -57,9 +61,18 @@ class MetricRow(BaseModel):
             note=note,
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        """The row as stored: `lambda` only on a sweep's rows."""
+        return self.model_dump(by_alias=True, exclude={"lambda_"} if self.lambda_ is None else None)
 
-def write_summary(rows: list[MetricRow], path: Path) -> None:
-    text = json.dumps([r.model_dump() for r in rows], indent=2, allow_nan=False)  # strict JSON for any reader
+
+def write_summary(rows: list[MetricRow], path: Path, transitions: list[dict[str, Any]] | None = None) -> None:
+    """The rows (a list), or with a sweep's transition rows an object holding both."""
+    listed = [r.as_dict() for r in rows]
+    data_out: Any = listed
+    if transitions is not None:
+        data_out = {"schema_version": SCHEMA_VERSION, "rows": listed, "transitions": transitions}
+    text = json.dumps(data_out, indent=2, allow_nan=False)  # strict JSON for any reader
     data = (text + "\n").encode("utf-8")
     write_whole(path, lambda sink: sink.write(data))  # a gate never reads a half-written summary
 
@@ -70,8 +83,12 @@ def read_summary(path: Path) -> list[MetricRow]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(path, "<file>", "a summary.json written by harness run", str(err)) from None
+    if isinstance(data, dict) and isinstance(data.get("rows"), list) and "transitions" in data:  # a model sweep
+        data = data["rows"]
     if not isinstance(data, list):
-        raise InputError(path, "<top level>", "a list of metric rows", type(data).__name__)
+        raise InputError(
+            path, "<top level>", "a list of metric rows (or a sweep's {rows, transitions})", type(data).__name__
+        )
     rows = []
     for i, row in enumerate(data):
         try:
@@ -81,3 +98,13 @@ def read_summary(path: Path) -> list[MetricRow]:
             field = ".".join(str(p) for p in (i, *first["loc"]))
             raise InputError(path, field, first["msg"].removeprefix("Value error, ")) from None
     return rows
+
+
+def read_transitions(path: Path) -> list[dict[str, Any]]:
+    """A model sweep's transition rows (an empty list for a run that is not a sweep)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    found = data.get("transitions") if isinstance(data, dict) else None
+    return [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []

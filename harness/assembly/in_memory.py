@@ -64,6 +64,16 @@ def write_child_folder(plan: Plan, folder: Path) -> Path:
     return folder
 
 
+def cached_child_folder(plan: Plan) -> Path:
+    """The weightless folder of a child assembled at load, under the temp folder, keyed by its recipe and
+    its parents' identity (the same child reuses its folder)."""
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha256(json.dumps(identity_of(plan), sort_keys=True).encode()).hexdigest()[:16]
+    return write_child_folder(plan, Path(tempfile.gettempdir()) / "mote-children" / key)
+
+
 def assembled_at_load(folder: Path) -> bool:
     record = folder / "assembly.json"
     return record.is_file() and json.loads(record.read_text(encoding="utf-8")).get("weights") == AT_LOAD

@@ -6,7 +6,8 @@ and outside checks write it).
     threshold: 0.0                         # merge a tensor only where the normalised distance exceeds it
     dtype: auto                            # auto | bfloat16 | float32
 
-A parent path is absolute, relative to the recipe's folder, or `organism` (the shipped checkpoint).
+A parent path is absolute, relative to the recipe's folder, `organism` (the shipped checkpoint) or
+`organism-direct` (its shipped sibling).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def parse_override(text: str) -> tuple[str, str, float]:
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read and check a recipe; parent paths come back absolute. Errors name the file and the field."""
-    from harness.models.resolve import ORGANISM, organism_path
+    from harness.models.resolve import named_model
 
     path = Path(path)
     try:
@@ -121,7 +122,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         data = {
             **data,
             "parents": {
-                str(name): str(organism_path() if str(folder) == ORGANISM else (path.parent / str(folder)).resolve())
+                str(name): str(named_model(str(folder)) or (path.parent / str(folder)).resolve())
                 for name, folder in parents.items()
             },
         }

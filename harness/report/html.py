@@ -125,6 +125,7 @@ def run_section(run: RunResults, plots: Sequence[Plot], page_dir: Path) -> str:
             text += f"; bootstrap Jaccard {stability:.2f}"
         lines.append(f'<p class="meta">{html.escape(text)}</p>')
     lines += agreement_html(run)
+    lines += sweep_html(run)
     lines.append('<div class="plots">')
     for plot in plots:
         src = plot.path.relative_to(page_dir).as_posix()
@@ -161,6 +162,34 @@ def agreement_html(run: RunResults) -> list[str]:
         )
     table_id = f"agreement-{html.escape(run.run_id)}"
     return ["<h3>Agreement between judges</h3>", table_html(header, rows, table_id=table_id)]
+
+
+def sweep_html(run: RunResults) -> list[str]:
+    """A model sweep's tables: per task one row per model, and the transitions."""
+    from harness.sweep.report import RULE, model_table, transition_table
+
+    if not any(r.lambda_ is not None for r in run.rows):
+        return []
+    conditions = list(dict.fromkeys(r.condition for r in run.rows if ":seed=" not in r.condition))
+    out = []
+    for task_type in ("refusal", "language", "qa", "mt_bench"):
+        for task in run.tasks_of_type(task_type):
+            header, body = model_table(list(run.rows), task, task_type, conditions)
+            out += [f"<h3>Sweep: {html.escape(task)}</h3>", table_html(header, _cells(header, body), f"sweep-{task}")]
+    header, body = transition_table(run.transitions)
+    out += ["<h3>Transitions</h3>", table_html(header, _cells(header, body), f"transitions-{run.run_id}")]
+    out.append(f'<p class="note">{html.escape(RULE)}</p>')
+    return out
+
+
+def _cells(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[Cells]:
+    def key(text: str) -> float | None:
+        try:
+            return float(text.split(" ")[0])
+        except ValueError:
+            return None
+
+    return [{h: (c, key(c)) for h, c in zip(header, cells, strict=True)} for cells in body]
 
 
 def page(title: str, table: str, sections: Sequence[str], notes: Sequence[str]) -> str:

@@ -6,7 +6,8 @@
 - refusal bars: refusal rate per condition with its stored interval, the random seeds' band and seeds;
 - dose-response: relative reduction vs k, targeted vs the matched-random band, capability on a
   second axis;
-- MT-Bench by category: per-category score per condition with its stored interval.
+- MT-Bench by category: per-category score per condition with its stored interval;
+- a model sweep: per task, each curve metric against lambda with its interval as a band.
 
 Each function returns None when the run lacks what the figure needs. Figures are built on
 `matplotlib.figure.Figure` (no pyplot state, no GUI backend).
@@ -409,4 +410,24 @@ def render(run: RunResults, folder: Path) -> list[Plot]:
         path = folder / f"{name}.png"
         fig.savefig(path, dpi=110, metadata={"Software": None})
         plots.append(Plot(name, title, path, caption))
+    return plots + sweep_plots(run, folder)
+
+
+def sweep_plots(run: RunResults, folder: Path) -> list[Plot]:
+    """A model sweep's metrics against lambda, one figure per task."""
+    from harness.sweep.report import sweep_figure
+
+    if not any(r.lambda_ is not None for r in run.rows):
+        return []
+    parents = sorted({r.condition for r in run.rows if r.condition.startswith("parent=") and "|" not in r.condition})
+    plots = []
+    for task_type in ("refusal", "language", "qa", "mt_bench"):
+        for task in run.tasks_of_type(task_type):
+            fig = sweep_figure(list(run.rows), task, task_type, parents)
+            if fig is None:
+                continue
+            path = folder / f"sweep_{task}.png"
+            fig.savefig(path, dpi=110, metadata={"Software": None})
+            caption = "each metric against lambda, 95% interval as a band; dashed: the parents as they are"
+            plots.append(Plot(f"sweep_{task}", f"Sweep: {task}", path, caption))
     return plots

@@ -91,9 +91,21 @@ def print_summary(rows: Sequence[MetricRow], suite: Suite) -> None:
     from rich.table import Table
 
     header, body = table_rows(rows, suite, intervals=False)
+    if suite.is_sweep:
+        header, body = _sweep_lines(rows, suite)
     table = Table(title=f"{suite.name}: {suite.model_name} (intervals in leaderboard.md)", show_lines=False)
     for i, title in enumerate(header):
         table.add_column(title, overflow="fold", no_wrap=i == 0)  # condition names stay on one line
     for cells in body:
         table.add_row(*cells)
     Console(width=max(Console().width, 150)).print(table)
+
+
+def _sweep_lines(rows: Sequence[MetricRow], suite: Suite) -> tuple[list[str], list[list[str]]]:
+    """A sweep's terminal table: its first task's figures, one line per model (every task in leaderboard.md)."""
+    from harness.sweep.report import model_table
+
+    task = suite.tasks[0]
+    conditions = list(dict.fromkeys(r.condition for r in rows if ":seed=" not in r.condition))
+    header, body = model_table(rows, task.name, task.type, conditions, intervals=False)
+    return [f"{header[0]} ({task.name})", *header[1:]], body

@@ -81,6 +81,13 @@ class RunResults:
                 return None if judge is None else str(judge)
         return None
 
+    @property
+    def transitions(self) -> list[dict[str, Any]]:
+        """A model sweep's transition rows (summary.json's `transitions`), empty for other runs."""
+        from harness.analysis.summary import read_transitions
+
+        return read_transitions(self.path / SUMMARY)
+
     def ftri(self) -> dict[str, Any] | None:
         path = self.path / "ftri.json"
         return _read_json(path) if path.is_file() else None

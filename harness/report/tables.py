@@ -68,7 +68,7 @@ def condition_order(condition: str) -> tuple[int, int, int, str]:
 def summary_frame(runs: Sequence[RunResults]) -> pd.DataFrame:
     """Every stored row, with the run it came from."""
     records = [
-        {"run": run.run_id, "model": run.model, "model_sha": run.model_sha, "suite": run.suite_name, **r.model_dump()}
+        {"run": run.run_id, "model": run.model, "model_sha": run.model_sha, "suite": run.suite_name, **r.as_dict()}
         for run in runs
         for r in run.rows
     ]

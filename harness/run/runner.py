@@ -38,8 +38,10 @@ from harness.mote.records import RoutingRecord, Span, SpanCounts
 from harness.mote.spec import ModelSpec
 from harness.run.judge_set import JudgeSet, cross_check_judge, endpoint_config
 from harness.run.run_store import RunStore, label_key, provenance, sample_key
-from harness.suite.schema import StimulateSpec, Suite
+from harness.suite.schema import AssembledModelSpec, StimulateSpec, Suite
 from harness.suite.task_prompts import TaskPrompt, load_task_prompts
+from harness.sweep import summary as sweep_summary
+from harness.sweep.children import SweepModel, model_folder, sweep_models
 
 SCHEMA_VERSION = 1
 DISCOVERY = "discovery"
@@ -79,7 +81,9 @@ class Runner:
             from harness.vllm_plugin.availability import require_vllm
 
             require_vllm(str(suite_path), "backend")
-        self.model_path = _resolve_model(suite, suite_path)
+        self.sweep: list[SweepModel] | None = sweep_models(suite, suite_path) if suite.is_sweep else None
+        self._backend_model: str | None = None  # the sweep model the loaded backend runs
+        self.model_path = _resolve_model(suite, suite_path) if self.sweep is None else model_folder(self.sweep[0])
         self.spec = self._inspect()
         self.prompts = {t.name: load_task_prompts(t, suite_path) for t in suite.tasks}
         self.targeted_file = self._load_targeted_file()
@@ -94,11 +98,16 @@ class Runner:
         return inspect_model(self.model_path)
 
     def _load_targeted_file(self) -> Intervention | None:
+        from harness.backends.hf_discovery import inspect_model
+
         targeted = self.suite.conditions.targeted
         if targeted is None or targeted.intervention is None:
             return None
         intervention = load_intervention(targeted.intervention)
         self.spec.check(intervention, targeted.intervention)
+        for model in self.sweep or []:  # carried to every model of a sweep: it must fit each
+            if model.kind == "model" and model.folder is not None:
+                inspect_model(model.folder).check(intervention, f"{targeted.intervention} on {model.name}")
         return intervention
 
     def _check_inputs(self) -> None:
@@ -146,6 +155,16 @@ class Runner:
             self._backend = self._backend_factory(self.model_path, self.suite)
         return self._backend
 
+    def _use_model(self, name: str | None) -> None:
+        """Load a sweep model's backend, releasing the previous model's first (one model at a time)."""
+        if self.sweep is None or name == self._backend_model:
+            return
+        _release(self._backend)
+        self._backend = None
+        model = next(m for m in self.sweep if m.name == name)
+        self.model_path = model_folder(model)
+        self._backend_model = name
+
     def _open_store(self) -> None:
         root = self.store.root
         suite_dump = self.suite.model_dump(mode="json")
@@ -174,6 +193,7 @@ class Runner:
                     "top_k": self.spec.top_k,
                 },
                 **provenance(self.model_path),
+                **({"sweep": [_sweep_entry(m) for m in self.sweep]} if self.sweep is not None else {}),
             },
         )
 
@@ -200,10 +220,17 @@ class Runner:
         work += self._mt_bench(conditions)
         self._judge(work, "judge")
         rows = self._summarise(conditions)
-        write_summary(rows, self.store.root / "summary.json")
         from harness.report.run_table import leaderboard_markdown
 
-        self.store.write_text("leaderboard.md", leaderboard_markdown(rows, self.suite, ranking))
+        if self.sweep is None:
+            write_summary(rows, self.store.root / "summary.json")
+            self.store.write_text("leaderboard.md", leaderboard_markdown(rows, self.suite, ranking))
+            return rows
+        from harness.sweep.report import sweep_markdown
+
+        found = sweep_summary.transitions(self._sweep_data(), conditions)
+        write_summary(rows, self.store.root / "summary.json", [t.model_dump() for t in found])
+        self.store.write_text("leaderboard.md", sweep_markdown(rows, found, self.suite, self.sweep))
         return rows
 
     def _mt_bench(self, conditions: Sequence[Condition]) -> list[WorkItem]:
@@ -358,6 +385,8 @@ class Runner:
                             k=k,
                         )
                     )
+        if self.sweep is not None:  # every condition on every model of the sweep
+            return [replace(c, name=m.condition(c.name), model=m.name, lam=m.lam) for m in self.sweep for c in out]
         return out
 
     def _stimulate_experts(
@@ -393,6 +422,7 @@ class Runner:
                 "mode": c.mode,
                 "seed": c.seed,
                 "k": c.k,
+                **({"model": c.model, "lambda": c.lam} if c.model is not None else {}),
                 "fingerprint": c.intervention.fingerprint(),
                 "intervention": c.intervention.to_file_dict(),
             }
@@ -429,19 +459,33 @@ class Runner:
         if not todo:
             return
         settings = self._settings(record)
-        chunk_size = self.suite.generation.batch_size * 4
-        # A prompt may carry its own temperature (MT-Bench: per category); group by it.
-        todo.sort(key=lambda w: _temperature(w.prompt, settings.temperature))
-        chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
-        chunks = [c for chunk in chunks for c in _split_by_temperature(chunk, settings.temperature)]
         with tqdm(total=len(work), initial=len(work) - len(todo), desc=what, unit="sample") as bar:
-            for chunk in chunks:
+            for chunk in self._chunks(todo, settings.temperature):
+                model = chunk[0].condition.model
+                if model is not None and model != self._backend_model:
+                    bar.set_postfix_str(model)
+                    self._use_model(model)
                 chunk_settings = replace(settings, temperature=_temperature(chunk[0].prompt, settings.temperature))
                 results = self.backend.generate([w.request() for w in chunk], chunk_settings)
                 if record:
                     self._save_routing(chunk, results)
                 self.store.append(self.store.samples_file, [_sample(w, r) for w, r in zip(chunk, results, strict=True)])
                 bar.update(len(chunk))
+
+    def _chunks(self, todo: list[WorkItem], default: float) -> list[list[WorkItem]]:
+        """Batches of one model (a sweep's models one after the other, in sweep order) and one temperature
+        (a prompt may carry its own: MT-Bench, per category)."""
+        order = {m.name: i for i, m in enumerate(self.sweep or [])}
+        size = self.suite.generation.batch_size * 4
+        by_model: dict[str | None, list[WorkItem]] = {}
+        for w in todo:
+            by_model.setdefault(w.condition.model, []).append(w)
+        chunks: list[list[WorkItem]] = []
+        for model in sorted(by_model, key=lambda m: order.get(m or "", -1)):
+            items = sorted(by_model[model], key=lambda w: _temperature(w.prompt, default))
+            for i in range(0, len(items), size):
+                chunks += _split_by_temperature(items[i : i + size], default)
+        return chunks
 
     def _save_routing(self, chunk: Sequence[WorkItem], results: Sequence[GenerationResult]) -> None:
         missing = [r.id for r in results if r.routing is None and r.span_counts is None]
@@ -521,6 +565,39 @@ class Runner:
         }
 
     def _summarise(self, conditions: Sequence[Condition]) -> list[MetricRow]:
+        if self.sweep is None:
+            rows = self._task_rows(conditions)
+        else:
+            data = self._sweep_data()
+            rows = []
+            for model in self.sweep:
+                own = [c for c in conditions if c.model == model.name]
+                model_rows = self._task_rows(own) + sweep_summary.sample_rows(data, own)
+                rows += [r.model_copy(update={"lambda_": model.lam}) for r in model_rows]
+            rows += sweep_summary.reference_rows(data)
+        if self.suite.evaluation.allow_discovery_overlap:
+            rows = [
+                r.model_copy(update={"note": ((r.note or "") + " [evaluated on discovery prompts]").strip()})
+                for r in rows
+            ]
+        return rows
+
+    def _sweep_data(self) -> sweep_summary.SweepData:
+        assert self.sweep is not None
+        split = self.suite.evaluation.split
+        samples: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        for record in self.store.records(self.store.samples_file):
+            samples.setdefault((record["task"], record["condition"]), {})[record["id"]] = record
+        return sweep_summary.SweepData(
+            suite=self.suite,
+            models=self.sweep,
+            prompts={t.name: [p for p in self.prompts[t.name] if p.in_split(split)] for t in self.suite.tasks},
+            labels=self._labels(),
+            samples=samples,
+            mt_scores={t.name: self._mt_bench_scores(t.name) for t in self.suite.tasks if t.type == "mt_bench"},
+        )
+
+    def _task_rows(self, conditions: Sequence[Condition]) -> list[MetricRow]:
         labels = self._labels()
         reasons = self._unscored_reasons()
         split = self.suite.evaluation.split
@@ -549,11 +626,6 @@ class Runner:
             cross = cross_check_judge(task)
             if cross is not None:
                 rows += agreement_rows(task.name, judge, cross, prompts, conditions, labels)
-        if self.suite.evaluation.allow_discovery_overlap:
-            rows = [
-                r.model_copy(update={"note": ((r.note or "") + " [evaluated on discovery prompts]").strip()})
-                for r in rows
-            ]
         return rows
 
 
@@ -590,37 +662,54 @@ def _sample(item: WorkItem, result: GenerationResult) -> dict[str, Any]:
     }
 
 
+def _release(backend: Backend | None) -> None:
+    """Free a backend's model before the next one loads (a vLLM engine shuts down; HF weights are freed)."""
+    import gc
+
+    close = getattr(backend, "close", None)
+    if callable(close):
+        close()
+    del backend
+    gc.collect()
+
+
+def _sweep_entry(model: SweepModel) -> dict[str, Any]:
+    where = (
+        {"path": str(model.folder)}
+        if model.folder is not None
+        else {"recipe": str(model.recipe), "set": list(model.overrides)}
+    )
+    return {"name": model.name, "lambda": model.lam, "kind": model.kind, **where}
+
+
 def _primary_mode(suite: Suite) -> Any:
     return suite.conditions.targeted.modes[0] if suite.conditions.targeted else "drop"
 
 
 def _resolve_model(suite: Suite, suite_path: Path) -> Path:
-    from harness.models.resolve import organism_path
+    from harness.models.resolve import named_model
 
     if not isinstance(suite.model, str):
         return _assembled_child(suite, suite_path)
-    path = organism_path() if suite.model == "organism" else Path(suite.model)
-    if not path.is_absolute() and suite.model != "organism":
+    shipped = named_model(suite.model)
+    path = shipped or Path(suite.model)
+    if not path.is_absolute() and shipped is None:
         candidate = (suite_path.parent / path).resolve()
         path = candidate if candidate.exists() else path
     if not (path / "config.json").is_file():
-        raise InputError(suite_path, "model", "'organism' or a local model folder with config.json", suite.model)
+        raise InputError(
+            suite_path, "model", "'organism', 'organism-direct' or a local model folder with config.json", suite.model
+        )
     return path
 
 
 def _assembled_child(suite: Suite, suite_path: Path) -> Path:
     """The folder of a child assembled at load (config, tokenizer, assembly.json; no weights), made from
     the recipe after every check of the recipe and its parents, keyed by the recipe and the parents."""
-    import hashlib
-    import tempfile
-
-    from harness.assembly.build import identity_of
-    from harness.assembly.in_memory import write_child_folder
-    from harness.assembly.plan import make_plan
-    from harness.assembly.recipe import load_recipe
+    from harness.assembly.in_memory import cached_child_folder, plan_from
 
     spec = suite.model
-    assert not isinstance(spec, str)
+    assert isinstance(spec, AssembledModelSpec)
     if suite.backend == "openai":
         raise InputError(
             suite_path,
@@ -628,9 +717,7 @@ def _assembled_child(suite: Suite, suite_path: Path) -> Path:
             "a model folder: a served model is what its server loaded (build the child with `harness assemble "
             "RECIPE --out DIR --at-load` and serve DIR with `harness serve`)",
         )
-    plan = make_plan(load_recipe(spec.assemble, spec.set), spec.assemble)
-    key = hashlib.sha256(json.dumps(identity_of(plan), sort_keys=True).encode()).hexdigest()[:16]
-    return write_child_folder(plan, Path(tempfile.gettempdir()) / "mote-children" / key)
+    return cached_child_folder(plan_from(spec.assemble, spec.set))
 
 
 def make_backend(model_path: Path, suite: Suite) -> Backend:
@@ -658,4 +745,4 @@ def default_run_id(suite: Suite) -> str:
 
 
 def dump_rows(rows: Sequence[MetricRow]) -> str:
-    return json.dumps([r.model_dump() for r in rows], indent=2)
+    return json.dumps([r.as_dict() for r in rows], indent=2)

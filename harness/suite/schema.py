@@ -105,6 +105,42 @@ class AssembledModelSpec(_Spec):
         return " ".join([f"assembled {self.assemble.stem}", *self.set])
 
 
+class AssemblySweepSpec(_Spec):
+    """A model sweep over a recipe's children: the named parent's lambda on these groups (the base's the
+    rest), one child per lambda; each child is a condition on the same tasks and prompts."""
+
+    recipe: Path
+    parent: str
+    groups: list[str] = Field(min_length=1)
+    lambdas: list[float] = Field(min_length=1)
+    parents: bool = True  # also evaluate the two parents as they are (token ratios, the endpoints' match)
+
+    @field_validator("lambdas")
+    @classmethod
+    def _in_range(cls, lambdas: list[float]) -> list[float]:
+        bad = [x for x in lambdas if not 0.0 <= x <= 1.0]
+        if bad:
+            raise ValueError(f"lambdas in [0, 1] (got {bad})")
+        if len(set(lambdas)) != len(lambdas):
+            raise ValueError(f"distinct lambdas (got {lambdas})")
+        return sorted(lambdas)
+
+    def overrides(self, lam: float) -> list[str]:
+        """`harness assemble --set` overrides of one child."""
+        return [f"{group}.{self.parent}={lam:g}" for group in self.groups]
+
+
+class SweepModelSpec(_Spec):
+    """One model of a `models:` sweep: a folder (or `organism` / `organism-direct`), its own lambda if it
+    has one (transitions need lambdas), and a name for its condition."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    path: str
+    lambda_: float | None = Field(default=None, alias="lambda", ge=0.0, le=1.0)
+    name: str | None = None
+
+
 class FtriSpec(_Spec):
     task: str
     split: Literal["discovery", "evaluation"] = "discovery"
@@ -169,7 +205,10 @@ class Suite(_Spec):
     name: str
     # local folder or "organism" (backend openai: the served model's local folder, for its tokenizer), or a
     # child assembled at load ({assemble: RECIPE.yaml})
-    model: str | AssembledModelSpec
+    model: str | AssembledModelSpec | None = None
+    # a model sweep (instead of model): a recipe's children across lambda, or a list of model folders
+    assembly: AssemblySweepSpec | None = None
+    models: list[str | SweepModelSpec] | None = Field(default=None, min_length=1)
     backend: Literal["hf", "vllm", "openai"] = "hf"
     engine_args: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM unchanged (vllm backend)
     server: ServerSpec | None = None  # backend openai
@@ -185,6 +224,7 @@ class Suite(_Spec):
     @model_validator(mode="after")
     def _consistent(self) -> Suite:
         names = [t.name for t in self.tasks]
+        self._check_sweep()
         if self.backend == "openai" and self.server is None:
             raise _field_error(
                 "server", "{base_url, model} of a `harness serve --dev-rpc` endpoint (backend openai needs one)"
@@ -213,8 +253,41 @@ class Suite(_Spec):
                     )
         return self
 
+    def _check_sweep(self) -> None:
+        given = [k for k in ("model", "assembly", "models") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise _field_error(
+                "model",
+                "exactly one of model (one model), assembly (a sweep over a recipe's children) or models (a "
+                f"sweep over model folders) (got {given or 'none'})",
+            )
+        if self.is_sweep and self.ftri is not None:
+            raise _field_error(
+                "ftri",
+                "no ftri step in a model sweep: a sweep carries one fixed intervention to every child "
+                "(conditions.targeted.intervention); run fTRI on a parent or a child with its own suite",
+            )
+        if self.is_sweep and self.backend == "openai":
+            raise _field_error("backend", "hf or vllm for a model sweep (a server serves one model)")
+        if self.models is not None:
+            names = [
+                m.name or Path(m.path).name if isinstance(m, SweepModelSpec) else Path(m).name for m in self.models
+            ]
+            if len(set(names)) != len(names):
+                raise _field_error("models", f"models with distinct names (got {names}; give each a name)")
+
+    @property
+    def is_sweep(self) -> bool:
+        return self.assembly is not None or self.models is not None
+
     @property
     def model_name(self) -> str:
+        if self.assembly is not None:
+            a = self.assembly
+            return f"sweep {a.recipe.stem}: {a.parent} on {'+'.join(a.groups)} over {len(a.lambdas)} lambdas"
+        if self.models is not None:
+            return f"sweep of {len(self.models)} models"
+        assert self.model is not None
         return self.model if isinstance(self.model, str) else self.model.name
 
     def task(self, name: str) -> TaskSpec:
@@ -238,6 +311,9 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     model = data.get("model")
     if isinstance(model, dict) and model.get("assemble"):  # a recipe is relative to the suite file too
         model["assemble"] = str((path.parent / str(model["assemble"])).resolve())
+    sweep = data.get("assembly")
+    if isinstance(sweep, dict) and sweep.get("recipe"):
+        sweep["recipe"] = str((path.parent / str(sweep["recipe"])).resolve())
     targeted = (data.get("conditions") or {}).get("targeted")
     if isinstance(targeted, dict) and targeted.get("intervention"):
         targeted["intervention"] = str((path.parent / targeted["intervention"]).resolve())
