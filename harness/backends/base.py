@@ -85,6 +85,7 @@ class GenerationResult:
     # the generated token ids up to and including the stop token (padding and anything after removed):
     # two runs fed the same tokens up to where these first differ
     token_ids: tuple[int, ...] = ()
+    served_by: str | None = None  # the replica that answered (a served backend; not part of the sample)
 
 
 class Backend(Protocol):

@@ -1,7 +1,7 @@
 """`harness` command line: one module per subcommand, each with `register(subparsers)`.
 
 Exit codes: 0 success, 1 a check failed (e.g. a gate), 2 bad input (named file and field), 3 stopped
-because a service it needs kept failing (an LLM judge): resume once it is back.
+because a service it needs kept failing (an LLM judge, every served replica): resume once it is back.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from harness.backends.replicas import ReplicasUnavailableError
 from harness.common.errors import InputError, UnsupportedModelError
 from judges.health import JudgeUnavailableError
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, UnsupportedModelError) as err:
         print(f"harness {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except JudgeUnavailableError as err:
+    except (JudgeUnavailableError, ReplicasUnavailableError) as err:
         print(f"harness {args.command}: stopped: {err}", file=sys.stderr)
         return 3
     return code

@@ -24,3 +24,7 @@ class InputError(ValueError):
 
 class UnsupportedModelError(ValueError):
     """The model's architecture has no routing adapter."""
+
+
+class ReplicasUnavailableError(RuntimeError):
+    """Every served replica is down, or a request failed on all its tries: the run stops, --resume continues."""

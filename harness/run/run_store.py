@@ -32,6 +32,7 @@ class RunStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.samples_file = root / "samples.jsonl"
+        self.served_file = root / "served.jsonl"  # with replicas: which one answered each sample
         self.labels_file = root / "labels.jsonl"
         self.routing_dir = root / "routing"
 
@@ -80,7 +81,7 @@ class RunStore:
 
     def repair(self) -> None:
         """Drop a trailing line cut short by a crash, so new appends start on a clean line."""
-        for path in (self.samples_file, self.labels_file):
+        for path in (self.samples_file, self.labels_file, self.served_file):
             drop_partial_line(path)
 
 

@@ -30,6 +30,7 @@ from harness.analysis.metrics import (
 )
 from harness.analysis.summary import MetricRow, write_summary
 from harness.backends.base import Backend, GenerationRequest, GenerationResult, GenerationSettings
+from harness.backends.replicas import REPLICA_COUNTS
 from harness.common.errors import InputError
 from harness.mote.experts import ExpertSet
 from harness.mote.intervention import Intervention, Mode, load_intervention
@@ -76,6 +77,7 @@ class Runner:
         self.resume = resume
         self._backend_factory = backend_factory or make_backend
         self._backend: Backend | None = None
+        self._replicas_before: dict[str, dict[str, Any]] | None = None  # run.json's replica counts at resume
         self._primary: dict[tuple[str, str, str], str] = {}  # use_primary_labels
         if suite.backend == "vllm":
             from harness.vllm_plugin.availability import require_vllm
@@ -460,17 +462,48 @@ class Runner:
             return
         settings = self._settings(record)
         with tqdm(total=len(work), initial=len(work) - len(todo), desc=what, unit="sample") as bar:
-            for chunk in self._chunks(todo, settings.temperature):
-                model = chunk[0].condition.model
-                if model is not None and model != self._backend_model:
-                    bar.set_postfix_str(model)
-                    self._use_model(model)
-                chunk_settings = replace(settings, temperature=_temperature(chunk[0].prompt, settings.temperature))
-                results = self.backend.generate([w.request() for w in chunk], chunk_settings)
-                if record:
-                    self._save_routing(chunk, results)
-                self.store.append(self.store.samples_file, [_sample(w, r) for w, r in zip(chunk, results, strict=True)])
-                bar.update(len(chunk))
+            try:
+                for chunk in self._chunks(todo, settings.temperature):
+                    self._generate_chunk(chunk, settings, record, bar)
+            finally:  # with replicas: their counts in run.json, also when every one of them is gone
+                self._note_replicas()
+
+    def _generate_chunk(self, chunk: list[WorkItem], settings: GenerationSettings, record: bool, bar: Any) -> None:
+        model = chunk[0].condition.model
+        if model is not None and model != self._backend_model:
+            bar.set_postfix_str(model)
+            self._use_model(model)
+        chunk_settings = replace(settings, temperature=_temperature(chunk[0].prompt, settings.temperature))
+        results = self.backend.generate([w.request() for w in chunk], chunk_settings)
+        if record:
+            self._save_routing(chunk, results)
+        self.store.append(self.store.samples_file, [_sample(w, r) for w, r in zip(chunk, results, strict=True)])
+        if self._replica_pool() is not None:
+            served = [{"task": w.task, "condition": w.condition.name, "id": r.id, "replica": r.served_by}
+                      for w, r in zip(chunk, results, strict=True)]  # fmt: skip
+            self.store.append(self.store.served_file, served)
+            bar.set_postfix_str(self._replica_pool().progress())
+        bar.update(len(chunk))
+
+    def _replica_pool(self) -> Any:
+        """The replica pool of a run over `server.base_urls` (served.jsonl, run.json `replicas`), else None."""
+        if self._backend is None or self.suite.server is None or self.suite.server.base_urls is None:
+            return None
+        return getattr(self._backend, "pool", None)
+
+    def _note_replicas(self) -> None:
+        """Per replica what it served and how often it failed, in run.json (summed over resumes)."""
+        pool = self._replica_pool()
+        if pool is None:
+            return
+        run = self.store.read_json("run.json")
+        if self._replicas_before is None:  # what earlier processes of this run counted
+            self._replicas_before = {r["url"]: r for r in run.get("replicas", [])}
+        run["replicas"] = [
+            {**now, **{k: now[k] + self._replicas_before.get(now["url"], {}).get(k, 0) for k in REPLICA_COUNTS}}
+            for now in pool.summary()
+        ]
+        self.store.write_json("run.json", run)
 
     def _chunks(self, todo: list[WorkItem], default: float) -> list[list[WorkItem]]:
         """Batches of one model (a sweep's models one after the other, in sweep order) and one temperature
@@ -729,7 +762,14 @@ def make_backend(model_path: Path, suite: Suite) -> Backend:
         assert server is not None  # the suite schema requires it
         key = os.environ.get(server.api_key_env, "") if server.api_key_env else ""
         return OpenAIBackend(
-            server.base_url, server.model, model_path, api_key=key or "unused", concurrency=server.concurrency
+            server.urls,
+            server.model,
+            model_path,
+            api_key=key or "unused",
+            concurrency=server.concurrency,
+            timeout_s=server.timeout_s,
+            attempts=server.attempts,
+            rejoin_s=server.rejoin_s,
         )
     if suite.backend == "vllm":
         from harness.backends.vllm import VLLMBackend

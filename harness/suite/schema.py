@@ -84,13 +84,36 @@ class EndpointSpec(_Spec):
 
 
 class ServerSpec(_Spec):
-    """A served MoTE-enabled vLLM (`harness serve MODEL --dev-rpc`) for `backend: openai`. `model` is
-    the name the server serves; the suite's `model` stays the local folder with its tokenizer."""
+    """Served MoTE-enabled vLLM replicas (`harness serve MODEL --dev-rpc`) for `backend: openai`: one
+    `base_url`, or several `base_urls` serving the same model (harness/backends/replicas.py spreads the
+    requests over them). `model` is the name the servers serve; the suite's `model` stays the local
+    folder with its tokenizer."""
 
-    base_url: str  # without /v1, e.g. http://127.0.0.1:8000
+    base_url: str | None = None  # without /v1, e.g. http://127.0.0.1:8000
+    base_urls: list[str] | None = None  # replicas of one model: the run spreads its requests over them
     model: str
     api_key_env: str | None = None  # env var *named* here holds the key (none: the server needs none)
-    concurrency: int = Field(default=16, ge=1)
+    concurrency: int = Field(default=16, ge=1)  # requests in flight per replica
+    timeout_s: float = Field(default=600.0, gt=0)  # one request; a replica that does not answer in time is down
+    attempts: int = Field(default=3, ge=1)  # tries per request over the replicas before the run stops
+    rejoin_s: float = Field(default=10.0, ge=0)  # how often a replica that went down is tried again
+
+    @model_validator(mode="after")
+    def _one_list_of_urls(self) -> ServerSpec:
+        if (self.base_url is None) == (self.base_urls is None):
+            raise ValueError("give base_url (one server) or base_urls (replicas), not both or neither")
+        if self.base_urls is not None:
+            if not self.base_urls:
+                raise ValueError("base_urls: at least one URL")
+            norm = [u.rstrip("/") for u in self.base_urls]
+            twice = sorted({u for u in norm if norm.count(u) > 1})
+            if twice:
+                raise ValueError(f"base_urls: {twice[0]} is listed twice")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [u.rstrip("/") for u in (self.base_urls if self.base_urls is not None else [self.base_url or ""])]
 
 
 class AssembledModelSpec(_Spec):

@@ -23,7 +23,15 @@ from harness.vllm_plugin.checks import MoteVLLMError
 from harness.vllm_plugin.protocol import WorkerRecord, answer_error
 
 # status fields that must be the same on every rank
-_SAME_ON_EVERY_RANK = ("vllm_version", "model_type", "compiled", "global_intervention", "record_all")
+_SAME_ON_EVERY_RANK = (
+    "vllm_version",
+    "plugin_version",
+    "weights",
+    "model_type",
+    "compiled",
+    "global_intervention",
+    "record_all",
+)
 
 
 def merge_status(answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -8,10 +8,12 @@ except `mote_fetch_arrays` (raw bytes, for in-process clients).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
 
+from harness import __version__ as harness_version
 from harness.mote.intervention import Intervention
 from harness.vllm_plugin.checks import MoteVLLMError, vllm_version
 from harness.vllm_plugin.protocol import WorkerRecord, error_answer
@@ -34,6 +36,10 @@ class MoteWorkerExtension:
         config = self.model_runner.vllm_config
         return {
             "vllm_version": vllm_version(),
+            "plugin_version": harness_version,
+            # what a replica check compares: the served folder's content hash (run_store.model_identity)
+            # and how it was loaded (a child assembled at load names its recipe in its folder's json)
+            "weights": weights_identity(str(config.model_config.model), str(config.load_config.load_format)),
             "model_type": str(getattr(config.model_config.hf_config, "model_type", "")),
             "moe_layers": {str(layer): n for layer, n in runtime.n_experts().items()},
             "top_k": runtime.top_k(),
@@ -149,3 +155,18 @@ class MoteWorkerExtension:
                 "generated": np.asarray(count_map(record.topk_ids[~in_prompt], n_experts)).tolist(),
             }
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def weights_identity(model: str, load_format: str) -> dict[str, Any]:
+    """The served model's identity, computed once per worker: the sha256 of its local folder (full content
+    up to 2 GiB of weights, else the safetensors headers and sizes), or its name when it is not a folder."""
+    from pathlib import Path
+
+    from harness.run.run_store import model_identity
+
+    folder = Path(model)
+    if not folder.is_dir():
+        return {"name": model, "sha256": None, "load_format": load_format}
+    identity = model_identity(folder)
+    return {"name": folder.name, "sha256": identity["sha256"], "hashed": identity["hashed"], "load_format": load_format}

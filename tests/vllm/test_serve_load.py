@@ -143,13 +143,17 @@ def test_mote_status_reports_what_the_worker_holds():
     iv = Intervention.suppress({0: [1]}, mode="mask").to_json()
     run = runner([{RECORD_KEY: "k"}, {INTERVENTION_KEY: iv}])
     run.vllm_config.model_config.hf_config = SimpleNamespace(model_type="test")
+    run.vllm_config.model_config.model = "test-model"  # not a folder: the weights' identity is its name
+    run.vllm_config.load_config = SimpleNamespace(load_format="auto")
     runtime = runtime_for(run)
     for hook in runtime.layers.values():
         hook.router = SimpleNamespace(top_k=2)
     run.__dict__[_ATTR] = runtime
     ext = MoteWorkerExtension()
     ext.model_runner = run
-    assert ext.mote_status()["held"]["records"] == 0
+    status = ext.mote_status()
+    assert status["held"]["records"] == 0
+    assert status["weights"] == {"name": "test-model", "sha256": None, "load_format": "auto"}
     step(runtime, 6)
     held = ext.mote_status()["held"]
     assert held["records"] == 1 and held["parsed_interventions"] == 1 and held["plans"] == 1

@@ -1,0 +1,221 @@
+"""Several served replicas of one model behind one backend (`server: {base_urls: [...]}`).
+
+Every intervention travels inside its request, so replicas share no state: a request goes to the live
+replica with the least outstanding work, and its routing record or counts are fetched from the replica
+that served it. A replica that refuses a connection, times out or answers 5xx is taken out (`down`);
+its unfinished requests go to the others, each request at most `attempts` times in all. A replica that
+is down is tried again every `rejoin_s` (its status must still show the same model) and rejoins. When
+every replica is down, `ReplicasUnavailableError` stops the run cleanly; `harness run --resume`
+continues it.
+
+At start every replica's `mote_status` must agree on what it serves (the weights' identity, the plugin
+and vLLM versions, the MoE layout, the global intervention): a replica that differs is refused by name
+before any request is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.common.errors import InputError, ReplicasUnavailableError
+from harness.vllm_plugin import MoteVLLMError
+from harness.vllm_plugin.protocol import RPC_STATUS
+from harness.vllm_plugin.ranks import merge_status
+
+# mote_status fields on which every replica must agree
+IDENTITY_FIELDS = ("weights", "plugin_version", "vllm_version", "model_type", "moe_layers", "top_k",
+                   "global_intervention", "record_all")  # fmt: skip
+PROBE_TIMEOUT_S = 5.0
+REPLICA_COUNTS = ("served", "tokens", "failed", "down", "rejoined")  # ReplicaStats' fields
+
+
+class ReplicaError(RuntimeError):
+    """One replica failed a call (connection, timeout, 5xx): it goes down, the work goes elsewhere."""
+
+    def __init__(self, url: str, error: BaseException | str) -> None:
+        super().__init__(f"{url}: {error}")
+        self.url = url
+
+
+@dataclass
+class ReplicaStats:
+    served: int = 0  # requests answered
+    tokens: int = 0  # tokens generated in them
+    failed: int = 0  # calls that failed (each sent the work elsewhere)
+    down: int = 0  # times taken out
+    rejoined: int = 0  # times back after a probe
+
+
+class Replica:
+    """One `harness serve --dev-rpc` endpoint: its OpenAI client (no retries of its own: a failed call
+    goes to another replica), its MoTE RPCs, and what the pool knows of it."""
+
+    def __init__(self, url: str, api_key: str, timeout_s: float) -> None:
+        from openai import OpenAI
+
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.client = OpenAI(base_url=f"{self.url}/v1", api_key=api_key, timeout=timeout_s, max_retries=0)
+        self.outstanding = 0
+        self.alive = True
+        self.down_at = 0.0
+        self.last_error = ""
+        self.stats = ReplicaStats()
+        self.started = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return self.url.split("://", 1)[-1]
+
+    def rpc(self, method: str, *args: str, timeout_s: float | None = None) -> list[Any]:
+        """Every worker's result of a MoTE RPC over POST /collective_rpc, in rank order."""
+        body = json.dumps({"method": method, "args": list(args)}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/collective_rpc", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
+                return list(json.loads(response.read())["results"])
+        except urllib.error.HTTPError as err:
+            if err.code >= 500:
+                raise ReplicaError(self.url, f"/collective_rpc answered {err.code}") from err
+            raise MoteVLLMError(
+                f"{self.url}/collective_rpc answered {err.code}; start the server with `harness serve MODEL "
+                "--dev-rpc` (VLLM_SERVER_DEV_MODE=1)"
+            ) from err
+        except (OSError, ValueError) as err:  # refused, reset, timed out; a torn answer
+            raise ReplicaError(self.url, f"/collective_rpc failed ({err})") from err
+
+    def status(self, timeout_s: float | None = None) -> dict[str, Any]:
+        return merge_status(self.rpc(RPC_STATUS, timeout_s=timeout_s))
+
+    def throughput(self) -> float:
+        return self.stats.served / max(time.monotonic() - self.started, 1e-9)
+
+
+def identity(status: dict[str, Any]) -> dict[str, Any]:
+    return {field: status.get(field) for field in IDENTITY_FIELDS}
+
+
+class ReplicaPool:
+    """The replicas of one run: which is up, how much each has in flight, who served what."""
+
+    def __init__(
+        self, urls: Sequence[str], api_key: str, concurrency: int, timeout_s: float, rejoin_s: float = 10.0
+    ) -> None:
+        self.replicas = [Replica(url, api_key, timeout_s) for url in urls]
+        self.concurrency = concurrency
+        self.rejoin_s = rejoin_s
+        self._cond = threading.Condition()
+        self.identity: dict[str, Any] = {}
+
+    @property
+    def capacity(self) -> int:
+        return self.concurrency * len(self.replicas)
+
+    def check(self, source: str = "server.base_urls") -> dict[str, Any]:
+        """Every replica's merged status; all must serve the same model. Returns the first's status."""
+        statuses = []
+        for replica in self.replicas:
+            try:
+                statuses.append(replica.status())
+            except (ReplicaError, MoteVLLMError) as err:
+                raise InputError(source, replica.url, "a running `harness serve MODEL --dev-rpc`", str(err)) from None
+        first = identity(statuses[0])
+        for replica, status in zip(self.replicas[1:], statuses[1:], strict=True):
+            other = identity(status)
+            if other != first:
+                differ = [f for f in IDENTITY_FIELDS if other[f] != first[f]]
+                raise InputError(
+                    source,
+                    replica.url,
+                    f"the model {self.replicas[0].url} serves ({differ[0]} {first[differ[0]]!r})",
+                    f"{differ[0]} {other[differ[0]]!r}" + (f" (and {', '.join(differ[1:])})" if differ[1:] else ""),
+                )
+        self.identity = first
+        return statuses[0]
+
+    # -- dispatch --------------------------------------------------------------------------------
+    def acquire(self, avoid: frozenset[str] = frozenset()) -> Replica:
+        """The live replica with the least outstanding work (one not in `avoid` if there is one), waiting
+        while all are at `concurrency`; ReplicasUnavailableError when none is up."""
+        with self._cond:
+            while True:
+                self._rejoin_due()
+                alive = [r for r in self.replicas if r.alive]
+                if not alive:
+                    raise ReplicasUnavailableError(self._all_down())
+                free = [r for r in alive if r.outstanding < self.concurrency]
+                preferred = [r for r in free if r.url not in avoid] or free
+                if preferred:
+                    replica = min(preferred, key=lambda r: r.outstanding)
+                    replica.outstanding += 1
+                    return replica
+                self._cond.wait(timeout=0.5)
+
+    def release(self, replica: Replica, tokens: int | None = None, error: BaseException | None = None) -> None:
+        """A call to `replica` ended: answered (`tokens` generated), or failed (`error`: it goes down)."""
+        with self._cond:
+            replica.outstanding -= 1
+            if error is None:
+                if tokens is not None:
+                    replica.stats.served += 1
+                    replica.stats.tokens += tokens
+            else:
+                self._down(replica, error)
+            self._cond.notify_all()
+
+    def mark_down(self, replica: Replica, error: BaseException) -> None:
+        with self._cond:
+            self._down(replica, error)
+            self._cond.notify_all()
+
+    def _down(self, replica: Replica, error: BaseException) -> None:
+        replica.stats.failed += 1
+        replica.last_error = str(error)[:300]
+        if replica.alive:
+            replica.alive = False
+            replica.stats.down += 1
+        replica.down_at = time.monotonic()
+
+    def _rejoin_due(self) -> None:
+        """Probe the replicas that have been down for `rejoin_s` (under the lock: at most one probe
+        timeout, and only once per `rejoin_s` per replica)."""
+        now = time.monotonic()
+        for replica in self.replicas:
+            if replica.alive or now - replica.down_at < self.rejoin_s:
+                continue
+            try:
+                same = identity(replica.status(timeout_s=PROBE_TIMEOUT_S)) == self.identity
+            except (ReplicaError, MoteVLLMError) as err:
+                replica.last_error = str(err)[:300]
+                same = False
+            replica.down_at = time.monotonic()
+            if same:
+                replica.alive = True
+                replica.stats.rejoined += 1
+
+    def _all_down(self) -> str:
+        last = "; ".join(f"{r.url}: {r.last_error or 'down'}" for r in self.replicas)
+        return f"every replica is down ({last}); start them again and continue with `harness run --resume RUN_DIR`"
+
+    # -- what happened ---------------------------------------------------------------------------
+    def progress(self) -> str:
+        """One line for the progress bar: per replica requests/s and failures, `down` when it is."""
+        return " | ".join(
+            f"{r.name} {r.throughput():.1f} req/s {r.stats.failed} failed" + ("" if r.alive else " DOWN")
+            for r in self.replicas
+        )
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [
+            {"url": r.url, "alive": r.alive, **vars(r.stats), **({"last_error": r.last_error} if r.last_error else {})}
+            for r in self.replicas
+        ]
