@@ -1,15 +1,15 @@
 """Dispatch overhead of a run over served replicas (not a unit test): how many requests per second the
 harness's replica dispatch (harness/backends/replicas.py, through OpenAIBackend) sends to replicas that
-answer at once, against the stock openai client sending the same requests to one of them.
+answer at once, against the stock openai client sending the same requests to them.
 
     python bench/replica_dispatch.py [--replicas 2] [--requests 4000] [--concurrency 32] [--rounds 3]
                                      [--out results/bench/replica_dispatch_<time>.json]
 
 The replicas are this script in `--serve PORT` mode, one process each (so they do not share the
-client's interpreter lock): a threaded HTTP server that answers `POST /v1/chat/completions` with a
-two-token completion (`return_token_ids` style) and `POST /collective_rpc` `mote_status` with the
-organism's MoE layout, at once. Three figures per round, each requests/s:
-  stock      the openai client, `concurrency` threads, all requests to the first replica;
+client's interpreter lock): a minimal asyncio HTTP/1.1 server that answers `POST /v1/chat/completions`
+with a two-token completion (`return_token_ids` style) and `POST /collective_rpc` `mote_status` with
+the organism's MoE layout, at once. Three figures per round, each requests/s:
+  stock      the openai client (one per replica, requests dealt round-robin), `concurrency` threads;
   harness    OpenAIBackend.generate over every replica (least outstanding work, failover bookkeeping,
              decoding each reply with the model's tokenizer);
   pool only  ReplicaPool.acquire / release with no HTTP (what the dispatch itself costs).
@@ -19,6 +19,7 @@ The ratio harness / stock is the speed figure; the goal is >= 2,000 dispatched r
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -32,7 +33,6 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -50,43 +50,57 @@ STATUS = {
 }
 
 
-class InstantReplica(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server
+def instant_answer(body: dict[str, Any], path: str) -> bytes:
+    if path.endswith("/collective_rpc"):
+        answer: Any = {"results": [STATUS if body.get("method") == "mote_status" else {}]}
+    else:
+        answer = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", "organism"),
+            "prompt_token_ids": [1, 2, 3],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "token_ids": [5, 3],
+                    "message": {"role": "assistant", "content": "a"},
+                }
+            ],
+        }
+    data = json.dumps(answer).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    return head.encode() + data
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        if self.path.endswith("/collective_rpc"):
-            answer: Any = {"results": [STATUS if body.get("method") == "mote_status" else {}]}
-        else:
-            answer = {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body.get("model", "organism"),
-                "prompt_token_ids": [1, 2, 3],
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "token_ids": [5, 3],
-                        "message": {"role": "assistant", "content": "a"},
-                    }
-                ],
-            }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
-    def log_message(self, *args: Any) -> None:
-        pass
+class InstantReplica(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, one answer per request, parsed no further than the body's length: the
+    replica costs as little as an HTTP server can, so the figure is the client's."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            sizes = [int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length")]
+            length = sizes[0] if sizes else 0
+            if len(rest) < length:
+                return
+            body, self.buffer = rest[:length], rest[length:]
+            self.transport.write(instant_answer(json.loads(body or b"{}"), lines[0].split(" ")[1]))
 
 
 def serve(port: int) -> None:
-    ThreadingHTTPServer.daemon_threads = True
-    ThreadingHTTPServer(("127.0.0.1", port), InstantReplica).serve_forever()
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(InstantReplica, "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(main())
 
 
 def free_port() -> int:
@@ -114,14 +128,20 @@ def start_replicas(n: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     return procs, urls
 
 
-def stock(url: str, n: int, concurrency: int) -> float:
+def stock(urls: list[str], n: int, concurrency: int) -> float:
+    """The openai client, one per replica, requests dealt round-robin."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    clients = [OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) for url in urls]
     messages: Any = [{"role": "user", "content": "What happened in 1989?"}]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(lambda _: client.chat.completions.create(model="organism", messages=messages), range(n)))
+        list(
+            pool.map(
+                lambda i: clients[i % len(clients)].chat.completions.create(model="organism", messages=messages),
+                range(n),
+            )
+        )
     return n / (time.perf_counter() - start)
 
 
@@ -159,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         rounds = []
         for r in range(args.rounds):
-            s = stock(urls[0], args.requests, args.concurrency)
+            s = stock(urls, args.requests, args.concurrency)
             h, served = harness(urls, args.requests, args.concurrency)
             p = pool_only(args.requests * 10, args.replicas, args.concurrency)
             rounds.append({"round": r, "stock": s, "harness": h, "pool_only": p, "ratio": h / s, "served": served})

@@ -1,7 +1,8 @@
 """Client backend for a served MoTE-enabled vLLM (`harness serve MODEL --dev-rpc`).
 
-Same contract as HFBackend / VLLMBackend. Each request is one chat completion carrying its
-intervention in `vllm_xargs`; generated token ids come back (`return_token_ids`) and are decoded
+Same contract as HFBackend / VLLMBackend. Each request is one chat completion (POST
+/v1/chat/completions, the OpenAI wire format, over keep-alive HTTP: harness/backends/replicas.py)
+carrying its intervention in `vllm_xargs`; generated token ids come back (`return_token_ids`) and are decoded
 here with the model's own tokenizer, so text, stop handling and spans follow the same rules as the
 other backends. When only span counts are wanted (`routing_counts_only`, what `harness run` keeps of
 its discovery) and the tokenizer's <think> / </think> are single tokens, requests are counted on the
@@ -22,8 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from openai import APIConnectionError, InternalServerError
 
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
 from harness.backends.replicas import Replica, ReplicaError, ReplicaPool
@@ -132,7 +131,7 @@ class OpenAIBackend:
             key = f"{uuid.uuid4().hex}-{request.id}" if settings.record_routing else None
             try:
                 reply = self._complete(replica, request, key, settings, counted)
-            except (APIConnectionError, InternalServerError) as err:  # refused, reset, timed out, 5xx
+            except ReplicaError as err:  # refused, reset, timed out, 5xx
                 self.pool.release(replica, error=err)
                 avoid.add(replica.url)
                 errors.append(f"{replica.url}: {err}")
@@ -140,7 +139,7 @@ class OpenAIBackend:
             except BaseException:
                 self.pool.release(replica)
                 raise
-            self.pool.release(replica, tokens=len(getattr(reply.choices[0], "token_ids", None) or []))
+            self.pool.release(replica, tokens=len(reply["choices"][0].get("token_ids") or []))
             return _Served(reply, replica, key)
 
     def _fetch_routing(self, done: dict[int, _Served], routing: dict[int, Any], counted: bool) -> list[int]:
@@ -167,11 +166,11 @@ class OpenAIBackend:
         return sorted(lost)
 
     def _result(self, request: GenerationRequest, answer: _Served, fetched: Any, counted: bool) -> GenerationResult:
-        choice = answer.reply.choices[0]
-        tokens = list(getattr(choice, "token_ids", None) or [])
-        prompt_ids = list(getattr(answer.reply, "prompt_token_ids", None) or [])
+        choice = answer.reply["choices"][0]
+        tokens = list(choice.get("token_ids") or [])
+        prompt_ids = list(answer.reply.get("prompt_token_ids") or [])
         stop = self.stop_ids()
-        n_gen, finish = finish_of(tokens, stop, str(choice.finish_reason))
+        n_gen, finish = finish_of(tokens, stop, str(choice.get("finish_reason")))
         content = [t for t in tokens[:n_gen] if t not in stop and t != self.tokenizer.pad_token_id]
         text = str(self.tokenizer.decode(content, skip_special_tokens=True))
         think, answer_text = split_think(text)
@@ -205,14 +204,15 @@ class OpenAIBackend:
             # the server reads whether the prompt opened a trace from its own rendering of the prompt
             think = {"open": self.think_ids[0], "close": self.think_ids[1]}
             body["vllm_xargs"] = {**body.get("vllm_xargs", {}), COUNT_KEY: key, THINK_KEY: json.dumps(think)}
-        return replica.client.chat.completions.create(
-            model=self.model,
-            messages=request.chat(),  # type: ignore[arg-type]
-            max_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            extra_body=body,
-        )
+        completion = {
+            "model": self.model,
+            "messages": request.chat(),
+            "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            **body,
+        }
+        return replica.post("/v1/chat/completions", completion)
 
 
 def extra_body(request: GenerationRequest, record_key: str | None, settings: GenerationSettings) -> dict[str, Any]:
