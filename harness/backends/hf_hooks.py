@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -39,35 +40,22 @@ _SELECTION_FUNCS: dict[str, tuple[Callable[..., Any], ...]] = {
 }
 
 
-class SelectionEditMode(TorchFunctionMode):
-    """Edits the inputs of a router's selection calls for `n_tokens` tokens of `n_experts` experts."""
+class SelectionEdit:
+    """The edit of one router call: its tables for `n_tokens` tokens of `n_experts` experts, applied to
+    each selection call handed to `apply`, and how many calls it edited."""
 
-    def __init__(
-        self,
-        block: torch.Tensor | None,
-        force: torch.Tensor | None,
-        n_tokens: int,
-        n_experts: int,
-        ops: Sequence[str],
-    ) -> None:
-        super().__init__()
+    __slots__ = ("block", "calls", "edited", "force", "n_experts", "n_tokens")
+
+    def __init__(self, block: torch.Tensor | None, force: torch.Tensor | None, n_tokens: int, n_experts: int) -> None:
         self.block = block
         self.force = force
         self.n_tokens = n_tokens
         self.n_experts = n_experts
-        self.funcs = {f: op for op in ops for f in _SELECTION_FUNCS[op]}
         self.edited = 0  # selection calls over [tokens, n_experts] that got the edit
+        self.calls = 0  # every call that got it, grouped views included
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        op = self.funcs.get(func)
-        if op is None or not args or not isinstance(args[0], torch.Tensor):
+    def apply(self, func: Callable[..., Any], op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not args or not isinstance(args[0], torch.Tensor):
             return func(*args, **kwargs)
         scores: torch.Tensor = args[0]
         dim = _reduction_dim(op, args, kwargs)
@@ -77,14 +65,106 @@ class SelectionEditMode(TorchFunctionMode):
             edited = edit_selection_scores(scores, self.block, self.force)
             _, indices = func(edited, *args[1:], **kwargs)
             self.edited += 1
+            self.calls += 1
             original = scores.gather(-1, indices)
             return _same_return_type(op, original, indices)
         if scores.dim() == 3 and scores.shape[1] * scores.shape[2] == self.n_experts:
             shape = scores.shape
             block = None if self.block is None else self.block.reshape(shape)
             force = None if self.force is None else self.force.reshape(shape)
+            self.calls += 1
             return func(edit_selection_scores(scores, block, force), *args[1:], **kwargs)
         return func(*args, **kwargs)
+
+
+class SelectionEditMode(TorchFunctionMode):
+    """Hands a router's selection calls (`ops`, as functions or tensor methods) to `edit`, wherever in its
+    forward they are made; every other torch call inside passes through (a Python call each)."""
+
+    def __init__(self, edit: SelectionEdit, ops: Sequence[str]) -> None:
+        super().__init__()
+        self.edit = edit
+        self.funcs = {f: op for op in ops for f in _SELECTION_FUNCS[op]}
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        op = self.funcs.get(func)
+        if op is None:
+            return func(*args, **(kwargs or {}))
+        return self.edit.apply(func, op, args, kwargs or {})
+
+
+class _TorchWithEdits(ModuleType):
+    """`torch` as a copy of a router's forward sees it (its globals' `torch`): the selection functions go
+    to the current edit, every other name is torch's own. Only the calls the forward itself makes as
+    `torch.topk(...)` / `torch.max(...)` are seen, so it stands in for the mode only where a probe showed
+    it edits exactly the calls the mode does (`_FastSelection`)."""
+
+    def __init__(self, ops: Sequence[str]) -> None:
+        super().__init__("torch")
+        self.edit: SelectionEdit | None = None
+        for op in ops:
+            setattr(self, op, self._selection(op))
+
+    def _selection(self, op: str) -> Callable[..., Any]:
+        func = getattr(torch, op)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs) if self.edit is None else self.edit.apply(func, op, args, kwargs)
+
+        return call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+class _FastSelection:
+    """A router forward whose selection calls are edited without a TorchFunctionMode (which costs a Python
+    call per torch op of the router, the larger part of mask's and stimulate's cost at batch 1): a copy
+    of the router class's forward with `torch` in its globals swapped for `_TorchWithEdits`. Used for a
+    layer once the first edited call, run both ways, gave the same outputs and the same edited calls;
+    until then, and for good where it did not, the mode runs."""
+
+    def __init__(self, selector: torch.nn.Module, ops: Sequence[str]) -> None:
+        self.torch = _TorchWithEdits(ops)
+        self.forward = _with_torch(type(selector).forward, selector, self.torch)
+        self.verdict: bool | None = None if self.forward is not None else False
+
+    def run(self, edit: SelectionEdit, *args: Any, **kwargs: Any) -> Any:
+        assert self.forward is not None
+        self.torch.edit = edit
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            self.torch.edit = None
+
+
+def _with_torch(function: Any, instance: torch.nn.Module, stand_in: ModuleType) -> Callable[..., Any] | None:
+    """`function` bound to `instance`, with `torch` in its globals replaced; None where it names no torch."""
+    if not isinstance(function, FunctionType) or "torch" not in function.__code__.co_names:
+        return None
+    copy = FunctionType(
+        function.__code__,
+        {**function.__globals__, "torch": stand_in},
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    return MethodType(copy, instance)
+
+
+def _same_outputs(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_outputs(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and not isinstance(a, torch.Tensor) and a == b
 
 
 def _reduction_dim(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
@@ -144,38 +224,56 @@ def host_steps(steps: Sequence[StepCapture], layers: Sequence[int]) -> list[Host
 class _LayerHooks:
     """One MoE layer's two hooks, installed only while a call needs them: a layer that no row of the
     call touches, and every layer of a call with no intervention and no recording, runs the model's
-    own modules with no hook at all."""
+    own modules with no hook at all. Both are instance-level `forward`s (the selector's routed
+    forward; the experts' forward behind `edit_experts_args`), not module hooks: a module with a hook
+    takes torch's slow call path, which at batch 1 costs as much as the edit itself."""
 
     def __init__(
         self,
         selector: torch.nn.Module,
         routed_forward: Callable[..., Any],
         experts: torch.nn.Module,
-        pre_hook: Callable[..., Any],
+        edit_experts_args: Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]] | None],
     ) -> None:
         self.selector = selector
         self.routed_forward = routed_forward
-        self.own_forward = selector.__dict__.get("forward")  # an instance-level forward someone set before us
         self.experts = experts
-        self.pre_hook = pre_hook
+        self.edit_experts_args = edit_experts_args
         self.selecting = False
-        self.handle: Any = None
+        self.editing_experts = False
+        self._own: dict[str, Any] = {}  # instance-level forwards someone set before us, per module role
 
     def arm(self, selection: bool, experts: bool) -> None:
         if selection != self.selecting:
-            if selection:
-                self.selector.forward = self.routed_forward
-            elif self.own_forward is not None:
-                self.selector.forward = self.own_forward
-            else:
-                del self.selector.forward  # back to the class's method
+            self._swap("selector", self.selector, self.routed_forward if selection else None)
             self.selecting = selection
-        if experts != (self.handle is not None):
-            if experts:  # first, so that any other pre-hook sees the weights the experts will get
-                self.handle = self.experts.register_forward_pre_hook(self.pre_hook, with_kwargs=True, prepend=True)
-            else:
-                self.handle.remove()
-                self.handle = None
+        if experts != self.editing_experts:
+            self._swap("experts", self.experts, self._experts_forward() if experts else None)
+            self.editing_experts = experts
+
+    def _swap(self, role: str, module: torch.nn.Module, forward: Callable[..., Any] | None) -> None:
+        """Install `forward` on `module` (keeping any instance forward already there), or with None put
+        back what was there before."""
+        if forward is not None:
+            self._own[role] = module.__dict__.get("forward")
+            module.forward = forward
+        elif self._own.get(role) is not None:
+            module.forward = self._own.pop(role)
+        else:
+            self._own.pop(role, None)
+            del module.forward  # back to the class's method
+
+    def _experts_forward(self) -> Callable[..., Any]:
+        inner = self.experts.forward  # the instance's own forward, or the class's bound method
+        edit = self.edit_experts_args
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            edited = edit(args, kwargs)
+            if edited is not None:
+                args, kwargs = edited
+            return inner(*args, **kwargs)
+
+        return forward
 
 
 class RoutingController:
@@ -198,6 +296,7 @@ class RoutingController:
         self._step_source = step_source
         self._step_handle: Any = None
         self._layers: dict[int, _LayerHooks] = {}
+        self._fast: dict[int, _FastSelection | None] = {}
         for block, selection in zip(self.blocks, selections, strict=True):
             self._layers[block.layer] = self._hooks_of(block, selection)
 
@@ -224,8 +323,13 @@ class RoutingController:
             self.steps.append(self._current)
 
     def armed(self) -> dict[int, tuple[bool, bool]]:
-        """Layer -> (selection edit installed, experts pre-hook installed)."""
-        return {layer: (hooks.selecting, hooks.handle is not None) for layer, hooks in self._layers.items()}
+        """Layer -> (selection edit installed, experts edit / capture installed)."""
+        return {layer: (hooks.selecting, hooks.editing_experts) for layer, hooks in self._layers.items()}
+
+    def fast_selection(self) -> dict[int, bool | None]:
+        """Layer -> whether its selection edit runs without the mode (None: not decided yet, or a block
+        that selects itself, which always uses the mode)."""
+        return {layer: None if fast is None else fast.verdict for layer, fast in self._fast.items()}
 
     def remove(self) -> None:
         self.reset()
@@ -257,15 +361,27 @@ class RoutingController:
         router_forward = selector.forward
         controller = self
 
+        fast = _FastSelection(selector, selection.ops) if selection.where == "router" else None
+        self._fast[block.layer] = fast
+
         def routed_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             tables = controller.tables[block.layer]  # installed (`_arm`) only while they edit this layer's selection
             n_tokens = hidden_states.numel() // hidden_states.shape[-1]
             block_t = None if tables.block is None else expand_rows(tables.block, n_tokens)
             force_t = None if tables.force is None else expand_rows(tables.force, n_tokens)
-            mode = SelectionEditMode(block_t, force_t, n_tokens, block.n_experts, selection.ops)
-            with mode:
-                out = router_forward(hidden_states, *args, **kwargs)
-            if not mode.edited:  # the router selected some other way: the edit would be a silent no-op
+            edit = SelectionEdit(block_t, force_t, n_tokens, block.n_experts)
+            if fast is not None and fast.verdict:
+                out = fast.run(edit, hidden_states, *args, **kwargs)
+            else:
+                with SelectionEditMode(edit, selection.ops):
+                    out = router_forward(hidden_states, *args, **kwargs)
+                if fast is not None and fast.verdict is None and edit.edited:
+                    trial = SelectionEdit(block_t, force_t, n_tokens, block.n_experts)
+                    fast.verdict = _same_outputs(fast.run(trial, hidden_states, *args, **kwargs), out) and (
+                        trial.calls,
+                        trial.edited,
+                    ) == (edit.calls, edit.edited)
+            if not edit.edited:  # the router selected some other way: the edit would be a silent no-op
                 raise RuntimeError(
                     f"layer {block.layer}: {type(selector).__name__}.forward made no "
                     f"{'/'.join(selection.ops)} call over [{n_tokens} tokens, {block.n_experts} experts] "
@@ -275,10 +391,13 @@ class RoutingController:
             return out
 
         names = _experts_arg_names(block.experts)
-        return _LayerHooks(selector, routed_forward, block.experts, self._experts_pre_hook(block.layer, names))
+        return _LayerHooks(selector, routed_forward, block.experts, self._experts_edit(block.layer, names))
 
-    def _experts_pre_hook(self, layer: int, names: tuple[str, str, str]) -> Callable[..., Any]:
-        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _experts_edit(self, layer: int, names: tuple[str, str, str]) -> Callable[..., Any]:
+        """The experts' call arguments with dropped slots' weights zeroed (None: unchanged), recording
+        the routing on the way."""
+
+        def edit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             values = list(args) + [kwargs[n] for n in names[len(args) :]]
             hidden, ids, weights = values[0], values[1], values[2]
             tables = self.tables.get(layer)
@@ -305,7 +424,7 @@ class RoutingController:
                 new_kwargs[name] = value
             return tuple(new_args), new_kwargs
 
-        return hook
+        return edit
 
 
 def _experts_arg_names(experts: torch.nn.Module) -> tuple[str, str, str]:

@@ -9,7 +9,8 @@ with the evidence, never an exception, so one broken check still lets the others
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from harness.backends.base import GenerationRequest, GenerationResult, GenerationSettings
 from harness.backends.hf import HFBackend
+from harness.backends.hf_discovery import MoEBlock
 from harness.backends.hf_hooks import _experts_arg_names
 from harness.models.coverage import interventions_for
 from harness.mote import Intervention
@@ -103,25 +105,46 @@ def check_tokens_identical(backend: HFBackend, stock: Any, texts: Sequence[str],
     return Check(True, f"{got.shape[0]} rows x {got.shape[1]} new tokens identical")
 
 
-def check_drop_zero_weight(backend: HFBackend, texts: Sequence[str], new_tokens: int) -> Check:
-    """What the fused experts module is called with (our own pre-hook, registered after the
-    controller's), not the record the controller writes: dropped experts must get weight 0."""
-    iv = interventions(backend)["drop"]
+@contextmanager
+def experts_inputs(blocks: Sequence[MoEBlock]) -> Iterator[dict[int, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """What each MoE layer's experts module computes with, per call (ids, weights as float32 on the host):
+    its class's `forward` wrapped for the duration. The controller's edit sits in front of it (an
+    instance-level forward), so this sees the weights the experts actually get."""
     seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    handles = []
-    for block in backend.controller.blocks:
-        names = _experts_arg_names(block.experts)
+    layer_of = {id(b.experts): (b.layer, _experts_arg_names(b.experts)) for b in blocks}
+    saved: dict[type, Any] = {}
 
-        def hook(module: Any, args: Any, kwargs: Any, layer: int = block.layer, names: Any = names) -> None:
-            values = list(args) + [kwargs[n] for n in names[len(args) :]]
-            seen.setdefault(layer, []).append((values[1].detach().cpu(), values[2].detach().float().cpu()))
+    def watching(original: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if id(module) in layer_of:
+                layer, names = layer_of[id(module)]
+                values = list(args) + [kwargs[n] for n in names[len(args) :]]
+                seen.setdefault(layer, []).append((values[1].detach().cpu(), values[2].detach().float().cpu()))
+            return original(module, *args, **kwargs)
 
-        handles.append(block.experts.register_forward_pre_hook(hook, with_kwargs=True))
+        return forward
+
+    for block in blocks:
+        cls = type(block.experts)
+        if cls not in saved:
+            saved[cls] = cls.__dict__.get("forward")
+            cls.forward = watching(cls.forward)
     try:
-        run_backend(backend, texts, iv, new_tokens)
+        yield seen
     finally:
-        for handle in handles:
-            handle.remove()
+        for cls, own in saved.items():
+            if own is None:
+                del cls.forward  # inherited: back to the base class's
+            else:
+                cls.forward = own
+
+
+def check_drop_zero_weight(backend: HFBackend, texts: Sequence[str], new_tokens: int) -> Check:
+    """What the fused experts module computes with (`experts_inputs`), not the record the controller
+    writes: dropped experts must get weight 0."""
+    iv = interventions(backend)["drop"]
+    with experts_inputs(backend.controller.blocks) as seen:
+        run_backend(backend, texts, iv, new_tokens)
     hits = 0
     for layer, experts in iv.experts.to_mapping().items():
         ids = torch.cat([i for i, _ in seen[layer]])

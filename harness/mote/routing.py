@@ -114,10 +114,10 @@ def drop_after_topk(
     # (a host sync per layer), which costs more than the few kernels it saves
     if dropped.device.type == "cpu" and not bool(dropped.any()):
         return topk_weights, dropped
-    # 8 small ops (a decode step at batch 1 is host-bound: every op is a launch): a token with no dropped
+    # 6 small ops (a decode step at batch 1 is host-bound: every op is a launch): a token with no dropped
     # slot gets scale x / x = 1.0 exactly, so its weights come back bit for bit; one with every slot
     # dropped gets 0 * inf = nan, zeroed
     w = topk_weights.float()
     kept = w.masked_fill(dropped, 0.0)
-    scale = w.sum(dim=-1, keepdim=True) / kept.sum(dim=-1, keepdim=True)
-    return (kept * scale).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).to(topk_weights.dtype), dropped
+    scale = w.sum(dim=-1, keepdim=True).div_(kept.sum(dim=-1, keepdim=True))  # in place: fresh tensors
+    return kept.mul_(scale).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).to(topk_weights.dtype), dropped

@@ -45,12 +45,12 @@ def test_recording_hook_copies_routing_on_the_device_without_reading_it_back():
     controller = RoutingController([], [])
     controller.configure([Intervention.none()], record=True, device=torch.device("cpu"))
     controller.begin_step(2, 3)
-    hook = controller._experts_pre_hook(5, ("hidden", "ids", "weights"))
+    edit = controller._experts_edit(5, ("hidden", "ids", "weights"))
     hidden = torch.zeros(6, 4)
     ids = torch.tensor([[0, 1]] * 6)
     weights = torch.full((6, 2), 0.5)
     with HostCopySpy() as spy:
-        assert hook(torch.nn.Identity(), (hidden, ids, weights), {}) is None  # nothing to change
+        assert edit((hidden, ids, weights), {}) is None  # nothing to change
     assert spy.calls == []
     recorded_ids, recorded_weights = controller.steps[0].layers[5]
     assert recorded_ids.dtype == torch.int32 and recorded_weights.dtype == torch.float32

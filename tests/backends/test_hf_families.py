@@ -102,27 +102,14 @@ def test_drop_mode_keeps_each_tokens_weight_sum(backends, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_experts_module_receives_zero_weight_for_dropped_experts(backends, family):
-    """Checked on what the fused experts module is called with (a hook of our own, after the
-    controller's), not on the routing record the controller writes."""
-    from harness.backends.hf_hooks import _experts_arg_names
+    """Checked on what the fused experts module computes with (its class's forward, behind the
+    controller's edit), not on the routing record the controller writes."""
+    from harness.contract.hf import experts_inputs
 
     backend = backends(family)
     iv = _interventions(backend)["drop"]
-    seen: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    handles = []
-    for block in backend.controller.blocks:
-        names = _experts_arg_names(block.experts)
-
-        def capture(module, args, kwargs, layer=block.layer, names=names):
-            values = list(args) + [kwargs[n] for n in names[len(args) :]]
-            seen.setdefault(layer, []).append((values[1].clone(), values[2].clone()))
-
-        handles.append(block.experts.register_forward_pre_hook(capture, with_kwargs=True))
-    try:
+    with experts_inputs(backend.controller.blocks) as seen:
         _run(backend, [iv])
-    finally:
-        for handle in handles:
-            handle.remove()
     hits = 0
     for layer, experts in iv.experts.to_mapping().items():
         ids = torch.cat([i for i, _ in seen[layer]])
@@ -253,5 +240,66 @@ def test_hooks_are_installed_only_on_the_layers_a_call_touches_and_only_during_i
     assert seen[3] == (dict.fromkeys(backend.spec.moe_layers, (False, True)), 1)
     assert backend.controller.armed() == off and not backend.model._forward_pre_hooks
     for block in backend.controller.blocks:
-        assert not block.experts._forward_pre_hooks
+        assert not block.experts._forward_pre_hooks and "forward" not in block.experts.__dict__
         assert "forward" not in block.router.__dict__ and "forward" not in block.block.__dict__
+
+
+def _without_fast_selection(backend: HFBackend) -> None:
+    for fast in backend.controller._fast.values():
+        if fast is not None:
+            fast.verdict = False
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_router_edit_without_the_mode_gives_what_the_mode_gives(tiny_model_dir, family):
+    """A router edited through its own forward's `torch` stand-in (used once its first edited call matched
+    the mode's) generates the same tokens and routing as the mode alone, for mask and stimulate."""
+    fast, mode = HFBackend(tiny_model_dir(family)), HFBackend(tiny_model_dir(family))
+    _without_fast_selection(mode)
+    ivs = _interventions(fast)
+    for name in ("mask", "stimulate"):
+        (a,), (b,) = _run(fast, [ivs[name]]), _run(mode, [ivs[name]])
+        assert a.token_ids == b.token_ids, name
+        assert a.routing is not None and b.routing is not None
+        assert np.array_equal(a.routing.topk_ids, b.routing.topk_ids), name
+        assert np.array_equal(a.routing.topk_weights, b.routing.topk_weights), name
+    verdicts = fast.controller.fast_selection()
+    decided = {verdicts[layer] for layer in ivs["mask"].experts.to_mapping()}
+    if family in SELECT_IN_FORWARD:  # their router's forward itself calls torch.topk: no mode needed
+        assert decided == {True}
+
+
+# families whose router forward calls torch.topk itself (24 of the 46 at transformers 5.19; docs/gpu.md)
+SELECT_IN_FORWARD = {"mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "qwen3_next", "gpt_oss", "minimax"}
+
+
+def test_a_router_that_selects_with_a_tensor_method_keeps_the_mode(tiny_model_dir):
+    """The stand-in sees only `torch.topk(...)` calls: a router calling `scores.topk(...)` is found out on
+    its first edited call and keeps the mode, whose edit it gets."""
+    backend = HFBackend(tiny_model_dir("qwen3_moe"))
+    for block in backend.controller.blocks:
+        router = block.router
+
+        class MethodTopK(type(router)):
+            def forward(self, hidden_states):
+                hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+                logits = torch.nn.functional.linear(hidden_states, self.weight)
+                probs = torch.nn.functional.softmax(logits, dtype=torch.float, dim=-1)
+                top, indices = probs.topk(self.top_k, dim=-1)
+                top = top / top.sum(dim=-1, keepdim=True) if self.norm_topk_prob else top
+                return logits, top.to(logits.dtype), indices
+
+        router.__class__ = MethodTopK
+    from harness.backends.hf_discovery import Selection
+    from harness.backends.hf_hooks import RoutingController
+
+    blocks = backend.controller.blocks
+    backend.controller.remove()
+    selections = [Selection(b.router, "router", ("topk",), False) for b in blocks]
+    backend.controller = RoutingController(blocks, selections, backend.model)
+    iv = _interventions(backend)["mask"]
+    (result,) = _run(backend, [iv])
+    for layer, experts in iv.experts.to_mapping().items():
+        assert backend.controller.fast_selection()[layer] is False
+        column = result.routing.topk_ids[:, list(result.routing.layers).index(layer)]
+        assert not np.isin(column, experts).any()
