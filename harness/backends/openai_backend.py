@@ -144,7 +144,8 @@ class OpenAIBackend:
 
     def _fetch_routing(self, done: dict[int, _Served], routing: dict[int, Any], counted: bool) -> list[int]:
         """Fetch each answered request's record (or counts) from the replica that served it; the requests
-        whose replica went down before the fetch are returned, to be served again."""
+        whose record is gone (its replica went down, or restarted, before the fetch) are returned, to be
+        served again."""
         by_replica: dict[str, list[int]] = {}
         for index, answer in done.items():
             by_replica.setdefault(answer.replica.url, []).append(index)
@@ -162,7 +163,11 @@ class OpenAIBackend:
                 self.pool.mark_down(replica, err)
                 lost += indices
                 continue
-            routing.update({i: found.get(k) for i, k in zip(indices, keys, strict=True)})
+            for index, key in zip(indices, keys, strict=True):
+                if found.get(key) is None:  # the replica restarted between serving and the fetch
+                    lost.append(index)
+                else:
+                    routing[index] = found[key]
         return sorted(lost)
 
     def _result(self, request: GenerationRequest, answer: _Served, fetched: Any, counted: bool) -> GenerationResult:
@@ -212,7 +217,11 @@ class OpenAIBackend:
             "top_p": settings.top_p,
             **body,
         }
-        return replica.post("/v1/chat/completions", completion)
+        reply = replica.post("/v1/chat/completions", completion)
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("token_ids"), list):
+            raise ReplicaError(replica.url, f"a chat completion without choices[0].token_ids: {str(reply)[:200]}")
+        return reply
 
 
 def extra_body(request: GenerationRequest, record_key: str | None, settings: GenerationSettings) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from harness.vllm_plugin.ranks import merge_status
 IDENTITY_FIELDS = ("weights", "plugin_version", "vllm_version", "model_type", "moe_layers", "top_k",
                    "global_intervention", "record_all")  # fmt: skip
 PROBE_TIMEOUT_S = 5.0
+MIN_PROBE_INTERVAL_S = 0.5  # a down replica is probed at most this often, whatever rejoin_s says
+IDLE_REUSE_S = 2.0  # a kept-alive connection idle longer is not reused (vLLM's server closes them after 5 s)
 REPLICA_COUNTS = ("served", "tokens", "failed", "down", "rejoined")  # ReplicaStats' fields
 
 
@@ -57,7 +59,7 @@ class Replica:
     """One `harness serve --dev-rpc` endpoint: chat completions and MoTE RPCs over keep-alive HTTP/1.1
     (the standard library's http.client, one connection per thread: about 5x the requests/s of an
     httpx-based client on the same core, bench/replica_dispatch.py), and what the pool knows of it. No
-    retries of its own beyond a stale kept-alive connection: a failed call goes to another replica."""
+    retries of its own: a failed call goes to another replica, or to this one after a probe."""
 
     def __init__(self, url: str, api_key: str, timeout_s: float) -> None:
         self.url = url.rstrip("/")
@@ -71,7 +73,9 @@ class Replica:
         self.timeout_s = timeout_s
         self.outstanding = 0
         self.alive = True
-        self.down_at = 0.0
+        self.probing = False  # a thread is probing it (outside the pool's lock)
+        self.probed = True  # probed since it last went down
+        self.probed_at = 0.0
         self.last_error = ""
         self.stats = ReplicaStats()
         self.started = time.monotonic()
@@ -80,39 +84,36 @@ class Replica:
     def name(self) -> str:
         return self.url.split("://", 1)[-1]
 
-    def _connection(self, timeout_s: float) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection to the replica, and whether it was used before (it may have gone stale)."""
+    def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        """This thread's connection to the replica; a fresh one after `IDLE_REUSE_S` idle, since the server
+        may close a kept-alive connection (uvicorn after 5 s) just as a request goes out on it."""
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.timeout = timeout_s
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout_s)
-            return conn, True
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = kind(self._host, self._port, timeout=timeout_s)
-        self._local.conn = conn
-        return conn, False
+        if conn is not None and time.monotonic() - self._local.used > IDLE_REUSE_S:
+            conn.close()
+            conn = None
+        if conn is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = kind(self._host, self._port, timeout=timeout_s)
+            self._local.conn = conn
+        conn.timeout = timeout_s
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout_s)
+        return conn
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
-        """POST JSON, the answer's JSON. Refused, reset, timed out or 5xx: ReplicaError; 4xx: MoteVLLMError
-        with the server's message (a bad request fails on every replica alike)."""
-        data = json.dumps(body).encode()
-        for attempt in (0, 1):
-            conn, reused = self._connection(timeout_s or self.timeout_s)
-            try:
-                conn.request("POST", self._prefix + path, body=data, headers=self._headers)
-                response = conn.getresponse()
-                payload = response.read()
-                break
-            except (OSError, http.client.HTTPException) as err:
-                conn.close()
-                self._local.conn = None
-                stale = reused and isinstance(
-                    err, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-                )
-                if attempt == 0 and stale:  # the server closed a kept-alive connection: one fresh try
-                    continue
-                raise ReplicaError(self.url, f"{path} failed ({type(err).__name__}: {err})") from err
+        """POST JSON, the answer's JSON. Refused, reset, timed out, 5xx or no JSON: ReplicaError; 4xx:
+        MoteVLLMError with the server's message (a bad request fails on every replica alike). Never sent
+        twice: a request is re-sent (elsewhere, under a new record key) by the caller."""
+        conn = self._connection(timeout_s or self.timeout_s)
+        try:
+            conn.request("POST", self._prefix + path, body=json.dumps(body).encode(), headers=self._headers)
+            response = conn.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            self._local.conn = None
+            raise ReplicaError(self.url, f"{path} failed ({type(err).__name__}: {err})") from err
+        self._local.used = time.monotonic()
         if response.status >= 500:
             raise ReplicaError(self.url, f"{path} answered {response.status}: {payload[:300]!r}")
         if response.status >= 400:
@@ -130,6 +131,8 @@ class Replica:
             raise MoteVLLMError(
                 f"{err}; start the server with `harness serve MODEL --dev-rpc` (VLLM_SERVER_DEV_MODE=1)"
             ) from err
+        if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+            raise ReplicaError(self.url, f"/collective_rpc {method} answered no results: {str(answer)[:200]}")
         return list(answer["results"])
 
     def status(self, timeout_s: float | None = None) -> dict[str, Any]:
@@ -194,12 +197,17 @@ class ReplicaPool:
     # -- dispatch --------------------------------------------------------------------------------
     def acquire(self, avoid: frozenset[str] = frozenset()) -> Replica:
         """The live replica with the least outstanding work (one not in `avoid` if there is one), waiting
-        while all are at `concurrency`; ReplicasUnavailableError when none is up."""
-        with self._cond:
-            while True:
-                self._rejoin_due()
+        while all are at `concurrency`. Replicas that are down are probed outside the lock: every
+        `rejoin_s`, and at once when none is up (a single failed call on a healthy server costs one
+        probe, not the run). ReplicasUnavailableError when none is up and each failed its probe."""
+        while True:
+            with self._cond:
+                due = self._due_for_probe()
+            for replica in due:
+                self._probe(replica)
+            with self._cond:
                 alive = [r for r in self.replicas if r.alive]
-                if not alive:
+                if not alive and not any(r.probing or not r.probed for r in self.replicas):
                     raise ReplicasUnavailableError(self._all_down())
                 free = [r for r in alive if r.outstanding < self.concurrency]
                 preferred = [r for r in free if r.url not in avoid] or free
@@ -232,24 +240,41 @@ class ReplicaPool:
         if replica.alive:
             replica.alive = False
             replica.stats.down += 1
-        replica.down_at = time.monotonic()
+            replica.probed = False  # not probed since it went down
 
-    def _rejoin_due(self) -> None:
-        """Probe the replicas that have been down for `rejoin_s` (under the lock: at most one probe
-        timeout, and only once per `rejoin_s` per replica)."""
+    def _due_for_probe(self) -> list[Replica]:
+        """Down replicas to probe now (marked `probing`, so no other thread probes them too): each one not
+        probed since it went down while no replica is up, and each one last probed `rejoin_s` ago."""
         now = time.monotonic()
-        for replica in self.replicas:
-            if replica.alive or now - replica.down_at < self.rejoin_s:
-                continue
-            try:
-                same = identity(replica.status(timeout_s=PROBE_TIMEOUT_S)) == self.identity
-            except (ReplicaError, MoteVLLMError) as err:
-                replica.last_error = str(err)[:300]
-                same = False
-            replica.down_at = time.monotonic()
+        none_up = not any(r.alive for r in self.replicas)
+        due = [
+            r
+            for r in self.replicas
+            if not r.alive
+            and not r.probing
+            and ((none_up and not r.probed) or now - r.probed_at >= max(self.rejoin_s, MIN_PROBE_INTERVAL_S))
+        ]
+        for replica in due:
+            replica.probing = True
+        return due
+
+    def _probe(self, replica: Replica) -> None:
+        """One status call (no lock held); back up when it still serves the run's model."""
+        try:
+            same = identity(replica.status(timeout_s=PROBE_TIMEOUT_S)) == self.identity
+            error = "" if same else "its status shows another model or setup"
+        except Exception as err:  # refused, timed out, a torn or odd answer: still down
+            same, error = False, f"probe: {err}"
+        with self._cond:
+            replica.probing = False
+            replica.probed = True
+            replica.probed_at = time.monotonic()
             if same:
                 replica.alive = True
                 replica.stats.rejoined += 1
+            else:
+                replica.last_error = error[:300]
+            self._cond.notify_all()
 
     def _all_down(self) -> str:
         last = "; ".join(f"{r.url}: {r.last_error or 'down'}" for r in self.replicas)

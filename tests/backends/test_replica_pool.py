@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.backends import replicas
 from harness.backends.replicas import Replica, ReplicaError, ReplicaPool
 from harness.common.errors import InputError, ReplicasUnavailableError
 from harness.suite.schema import ServerSpec
@@ -66,18 +67,30 @@ def test_requests_go_to_the_least_busy_live_replica_and_avoid_one_that_failed(mo
     assert pool.acquire(frozenset({URLS[0]})).url != URLS[0]
 
 
-def test_a_failed_replica_goes_down_and_with_none_left_the_run_stops(monkeypatch):
-    pool = pool_with(monkeypatch, dict.fromkeys(URLS[:2], STATUS), rejoin_s=3600)
+def test_a_failed_call_on_a_healthy_server_costs_a_probe_not_the_run(monkeypatch):
+    statuses = {URLS[0]: STATUS}
+    pool = pool_with(monkeypatch, statuses, rejoin_s=3600)
+    pool.check()
+    pool.release(pool.acquire(), error=ReplicaError(URLS[0], "answered 500"))
+    assert pool.acquire().url == URLS[0]  # none up: probed at once, and back
+    assert pool.summary()[0]["down"] == 1 and pool.summary()[0]["rejoined"] == 1
+
+
+def test_with_every_replica_down_and_failing_its_probe_the_run_stops(monkeypatch):
+    statuses = dict.fromkeys(URLS[:2], STATUS)
+    pool = pool_with(monkeypatch, statuses, rejoin_s=3600)
     pool.check()
     for url in URLS[:2]:
-        replica = pool.acquire()
-        pool.release(replica, error=ReplicaError(url, "connection reset"))
-    assert [r["down"] for r in pool.summary()] == [1, 1]
-    with pytest.raises(ReplicasUnavailableError, match="--resume"):
+        statuses[url] = ReplicaError(url, "connection refused")
+        pool.release(pool.acquire(), error=ReplicaError(url, "connection reset"))
+    with pytest.raises(ReplicasUnavailableError, match="--resume") as err:
         pool.acquire()
+    assert "connection refused" in str(err.value)
+    assert [r["down"] for r in pool.summary()] == [1, 1]
 
 
 def test_a_replica_back_with_the_same_model_rejoins_and_one_with_another_does_not(monkeypatch):
+    monkeypatch.setattr(replicas, "MIN_PROBE_INTERVAL_S", 0.0)
     statuses = dict.fromkeys(URLS[:2], STATUS)
     pool = pool_with(monkeypatch, statuses, rejoin_s=0)
     pool.check()
@@ -85,8 +98,19 @@ def test_a_replica_back_with_the_same_model_rejoins_and_one_with_another_does_no
     pool.mark_down(b, ReplicaError(b.url, "gone"))
     statuses[b.url] = {**STATUS, "plugin_version": "9"}
     pool.acquire()  # probes b: another plugin version, still down
-    assert not b.alive
+    assert not b.alive and "another model" in b.last_error
     statuses[b.url] = STATUS
     assert pool.acquire().url == b.url  # probed again: back, and the least busy
     assert b.stats.rejoined == 1
     assert "req/s" in pool.progress()
+
+
+def test_a_probe_that_gets_an_odd_answer_leaves_the_replica_down(monkeypatch):
+    statuses = dict.fromkeys(URLS[:2], STATUS)
+    pool = pool_with(monkeypatch, statuses, rejoin_s=0)
+    pool.check()
+    b = pool.replicas[1]
+    pool.mark_down(b, ReplicaError(b.url, "gone"))
+    statuses[b.url] = KeyError("results")  # a 200 without the RPC's results
+    assert pool.acquire().url == URLS[0]
+    assert not b.alive and not b.probing and "probe" in b.last_error

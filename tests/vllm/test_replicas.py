@@ -153,6 +153,10 @@ def test_a_replica_killed_in_recorded_discovery_loses_and_repeats_nothing_and_re
     start_all([b])
     pool = runner.backend.pool  # type: ignore[attr-defined]
     pool.rejoin_s = 0
+    deadline = time.monotonic() + 60
+    while not pool.replicas[1].alive and time.monotonic() < deadline:  # a dispatch probes it (off the lock)
+        pool.release(pool.acquire())
+        time.sleep(0.2)
     from harness.backends.base import GenerationRequest, GenerationSettings
 
     requests = [GenerationRequest(id=f"r{i}", prompt="What happened in 1989 in Beijing?") for i in range(8)]
