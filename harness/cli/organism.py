@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if not (model / name).is_file():
             raise InputError(model, name, "an organism folder (written by `harness organism train`)")
     report = evaluate_organism(model, n_seeds=args.seeds, batch_size=args.batch_size)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    if args.card:
-        write_card(model, report)
-    print("\n".join(summary_lines(report)))
-    return 0 if all(t["met"] for t in report["targets"].values()) else 1
+    return _report(args, model, report, write_card, summary_lines)
 
 
 def run_evaluate_direct(args: argparse.Namespace) -> int:
@@ -140,10 +135,21 @@ def run_evaluate_direct(args: argparse.Namespace) -> int:
     report = compare(resolve_model(ORGANISM), model, batch_size=args.batch_size)
     if args.sweep is not None:
         report["sweep"] = sweep_report(args.sweep)
+    return _report(args, model, report, write_direct_card, summary_lines)
+
+
+def _report(
+    args: argparse.Namespace,
+    model: Path,
+    report: dict[str, Any],
+    write_card: Callable[[Path, dict[str, Any]], Path],
+    summary_lines: Callable[[dict[str, Any]], list[str]],
+) -> int:
+    """An evaluation's report to --out, its card with --card, its summary printed; exit 1 when a target is missed."""
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     if args.card:
-        write_direct_card(model, report)
+        write_card(model, report)
     print("\n".join(summary_lines(report)))
     return 0 if all(t["met"] for t in report["targets"].values()) else 1

@@ -369,8 +369,12 @@ def card_text(model_dir: Path, report: dict[str, Any]) -> str:
 
 
 def write_card(model_dir: str | Path, report: dict[str, Any]) -> Path:
-    model_dir = Path(model_dir)
+    return save_card(Path(model_dir), report, CARD, card_text(Path(model_dir), report))
+
+
+def save_card(model_dir: Path, report: dict[str, Any], card: str, text: str) -> Path:
+    """A model folder's `evaluation.json` (the report, strict JSON) and its card `card` (`text`)."""
     (model_dir / REPORT).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    path = model_dir / CARD
-    path.write_text(card_text(model_dir, report), encoding="utf-8")
+    path = model_dir / card
+    path.write_text(text, encoding="utf-8")
     return path

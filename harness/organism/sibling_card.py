@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis.summary import read_summary, read_transitions
+from harness.organism.card import save_card
 from harness.organism.evaluate import KINDS
 from harness.organism.sibling_eval import LABELS
 from harness.organism.train import DECISION_TOKENS, KIND_WEIGHTS
 from harness.sweep.report import curve_table, markdown_table, transition_table
 
 CARD = "DIRECT.md"
-REPORT = "evaluation.json"
 
 
 def _pct(x: float) -> str:
@@ -200,11 +200,7 @@ def sweep_lines(sweep: dict[str, Any] | None) -> list[str]:
 
 
 def write_direct_card(model_dir: str | Path, report: dict[str, Any]) -> Path:
-    model_dir = Path(model_dir)
-    (model_dir / REPORT).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    path = model_dir / CARD
-    path.write_text(card_text(model_dir, report), encoding="utf-8")
-    return path
+    return save_card(Path(model_dir), report, CARD, card_text(Path(model_dir), report))
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

@@ -22,10 +22,11 @@ def free_port() -> int:
 
 
 class Server:
-    """One `harness serve MODEL --dev-rpc` on 127.0.0.1 (float32, max_model_len 256: the organism's)."""
+    """One `harness serve MODEL --dev-rpc` on 127.0.0.1 (float32; max_model_len 256 is the organism's)."""
 
-    def __init__(self, model: str, log_dir: Path, port: int | None = None) -> None:
+    def __init__(self, model: str, log_dir: Path, port: int | None = None, max_model_len: int = 256) -> None:
         self.model = model
+        self.max_model_len = max_model_len
         self.port = port or free_port()
         self.log = log_dir / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -36,7 +37,7 @@ class Server:
 
     def start(self) -> Server:
         cmd = [sys.executable, "-m", "harness", "serve", self.model, "--port", str(self.port), "--dev-rpc",
-               "--max-model-len", "256", "--dtype", "float32"]  # fmt: skip
+               "--max-model-len", str(self.max_model_len), "--dtype", "float32"]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         with self.log.open("a") as sink:
             self.proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -4,31 +4,19 @@ intervention and the MoTE RPCs over HTTP; the test owns the process and ends it 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from marks import VLLM
+from servers import Server, start_all
 
 from harness.mote import Intervention
 from harness.vllm_plugin.protocol import RECORD_KEY, RPC_FETCH, RPC_STATUS, WorkerRecord
 
 pytestmark = [*VLLM, pytest.mark.slow]
-
-START_TIMEOUT_S = 420
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def post(url: str, body: dict) -> dict:
@@ -39,38 +27,13 @@ def post(url: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def server(vllm_model_dir, tmp_path_factory):
-    port = free_port()
-    log = Path(tmp_path_factory.mktemp("serve")) / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "harness", "serve", str(vllm_model_dir("qwen3_moe")), "--port", str(port),
-           "--dev-rpc", "--max-model-len", "512", "--dtype", "float32"]  # fmt: skip
-    with log.open("w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    model = str(vllm_model_dir("qwen3_moe"))
+    served = Server(model, Path(tmp_path_factory.mktemp("serve")), max_model_len=512)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-            time.sleep(2)
-        yield base, str(vllm_model_dir("qwen3_moe"))
+        yield start_all([served])[0].url, model
     finally:
-        # our process group only (start_new_session): the server and the engine it spawned
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    assert proc.returncode is not None
+        served.kill(signal.SIGTERM)  # our process group only: the server and the engine it spawned
+    assert served.proc is not None and served.proc.returncode is not None
 
 
 def test_chat_completion_with_per_request_intervention_and_rpc(server):
