@@ -221,7 +221,8 @@ class Runner:
         self._generate(work, "evaluate", record=False)
         work += self._mt_bench(conditions)
         self._judge(work, "judge")
-        rows = self._summarise(conditions)
+        data = self._sweep_data() if self.sweep is not None else None  # read once: rows and transitions
+        rows = self._summarise(conditions, data)
         from harness.report.run_table import leaderboard_markdown
 
         if self.sweep is None:
@@ -230,7 +231,8 @@ class Runner:
             return rows
         from harness.sweep.report import sweep_markdown
 
-        found = sweep_summary.transitions(self._sweep_data(), conditions)
+        assert data is not None
+        found = sweep_summary.transitions(data, conditions)
         write_summary(rows, self.store.root / "summary.json", [t.model_dump() for t in found])
         self.store.write_text("leaderboard.md", sweep_markdown(rows, found, self.suite, self.sweep))
         return rows
@@ -597,13 +599,15 @@ class Runner:
             if r["label"] == "unscored"
         }
 
-    def _summarise(self, conditions: Sequence[Condition]) -> list[MetricRow]:
-        if self.sweep is None:
+    def _summarise(
+        self, conditions: Sequence[Condition], data: sweep_summary.SweepData | None = None
+    ) -> list[MetricRow]:
+        """The run's metric rows; a sweep's from `data` (its samples, labels and prompts, read once)."""
+        if data is None:
             rows = self._task_rows(conditions)
         else:
-            data = self._sweep_data()
             rows = []
-            for model in self.sweep:
+            for model in data.models:
                 own = [c for c in conditions if c.model == model.name]
                 model_rows = self._task_rows(own) + sweep_summary.sample_rows(data, own)
                 rows += [r.model_copy(update={"lambda_": model.lam}) for r in model_rows]
