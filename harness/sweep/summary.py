@@ -59,10 +59,11 @@ def reference_rows(data: SweepData) -> list[MetricRow]:
     """output_tokens_ratio:<reference> of every model's baseline, and parent_match of the endpoints."""
     resamples, seed = data.suite.bootstrap_resamples, data.suite.seed
     rows: list[MetricRow] = []
+    refs = references(data)
     for model in data.models:
         for task in data.suite.tasks:
             mine = data.of(task.name, model.name)
-            for ref in references(data):
+            for ref in refs:
                 if ref.name == model.name:
                     continue
                 row = sm.ratio_row(task.name, model.name, mine, ref.name, data.of(task.name, ref.name), resamples, seed)
