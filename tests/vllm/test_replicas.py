@@ -44,7 +44,11 @@ SAME = ("summary.json", "experts.yaml")
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     log_dir = Path(tmp_path_factory.mktemp("replicas"))
-    started = [Server("organism", log_dir), Server("organism", log_dir)]
+    # the path this process resolves, not the alias: a server run from the source tree resolves `organism`
+    # to the tree's copy while an installed harness resolves it to site-packages, and the suite must name
+    # the model the servers serve
+    model = str(organism_path())
+    started = [Server(model, log_dir), Server(model, log_dir)]
     try:
         yield start_all(started)
     finally:
