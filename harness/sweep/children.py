@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from harness.common.errors import InputError
 from harness.suite.schema import AssemblySweepSpec, Suite, SweepModelSpec
+
+if TYPE_CHECKING:
+    from harness.assembly.recipe import Recipe
 
 Kind = Literal["child", "parent", "model"]
 SEPARATOR = "|"  # between a model's name and a condition's in a sweep's condition names
@@ -44,9 +47,8 @@ def sweep_models(suite: Suite, suite_path: Path) -> list[SweepModel]:
 
 def _assembly_models(spec: AssemblySweepSpec, suite_path: Path) -> list[SweepModel]:
     from harness.assembly.groups import ALL, GROUPS
-    from harness.assembly.recipe import load_recipe
 
-    recipe = load_recipe(spec.recipe)
+    recipe = _sweep_recipe(spec, suite_path)
     others = list(recipe.parents)[1:]
     if spec.parent not in others:
         raise InputError(
@@ -69,6 +71,16 @@ def _assembly_models(spec: AssemblySweepSpec, suite_path: Path) -> list[SweepMod
         *children,
         SweepModel(f"parent={other}", None, "parent", folder=Path(recipe.parents[other])),
     ]
+
+
+def _sweep_recipe(spec: AssemblySweepSpec, suite_path: Path) -> Recipe:
+    """The sweep's recipe; one that cannot be read or checked is the suite's error, with the recipe's own."""
+    from harness.assembly.recipe import load_recipe
+
+    try:
+        return load_recipe(spec.recipe)
+    except InputError as err:
+        raise InputError(suite_path, "assembly.recipe", f"a recipe that can be read and checked; {err}") from None
 
 
 def _check_child(child: SweepModel, suite_path: Path) -> None:

@@ -1,43 +1,12 @@
 """The HTML leaderboard in headless Chromium: loads with no console error and no network request,
-shows the table and every plot, and sorts rows by a clicked column."""
+shows the table and every plot, and sorts rows by a clicked column. (The `browser_page` fixture is in
+tests/conftest.py; a sweep's report is checked in the browser in tests/sweep/test_sweep_run.py.)"""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import pytest
-
 from harness.report import load_runs, write_report
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
-
-
-@pytest.fixture()
-def browser_page():
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        yield page
-        browser.close()
 
 
 def _column(page, index: int) -> list[str | None]:

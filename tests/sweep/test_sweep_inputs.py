@@ -26,6 +26,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "parents: {organism: organism, direct: organism-direct, again: organism-direct}\n"
         "groups: {attention: {again: 0.8}}\n"
     )
+    (root / "unreadable.yaml").write_text("parents: {organism: organism\n")
+    (root / "out-of-range.yaml").write_text(
+        "parents: {organism: organism, direct: organism-direct}\ngroups: {attention: {direct: 2}}\n"
+    )
     return root
 
 
@@ -59,7 +63,6 @@ CASES = [
         {"assembly": _assembly(recipe="three.yaml", groups=["attention"], lambdas=[0, 0.5])},
         "assembly",
     ),
-    ("missing-recipe", {"assembly": _assembly(recipe="nowhere.yaml")}, "<file>"),
     ("model-and-sweep", {"model": "organism"}, "model"),
     ("ftri-in-sweep", {"ftri": {"task": "generic"}}, "ftri"),
     ("served-sweep", {"backend": "openai", "server": {"base_url": "http://127.0.0.1:9", "model": "m"}}, "backend"),
@@ -68,19 +71,48 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "fields", "field"), CASES, ids=[c[0] for c in CASES])
-def test_a_sweep_that_cannot_run_exits_2_naming_the_field(
-    root: Path, name: str, fields: dict[str, Any], field: str, capsys: pytest.CaptureFixture[str], monkeypatch
-) -> None:
-    import harness.run.runner as runner
-
-    def no_model(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(runner, "make_backend", no_model)
+def _refused(root: Path, name: str, fields: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the suite; it must exit 2 with a message (returned) and write no sample."""
     suite = _suite(root, name, **fields)
     assert main(["run", str(suite), "--out", str(root / "results"), "--run-id", name]) == 2
     err = capsys.readouterr().err
-    assert f"field '{field}'" in err, err
+    assert f"{name}.yaml: field '" in err, err  # the suite's own file is the error's source
     assert "Traceback" not in err
     assert not (root / "results" / name / "samples.jsonl").exists()
+    return err
+
+
+@pytest.fixture()
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.run.runner as runner
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(runner, "make_backend", refuse)
+
+
+@pytest.mark.usefixtures("no_model")
+@pytest.mark.parametrize(("name", "fields", "field"), CASES, ids=[c[0] for c in CASES])
+def test_a_sweep_that_cannot_run_exits_2_naming_the_suite_and_the_field(
+    root: Path, name: str, fields: dict[str, Any], field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _refused(root, name, fields, capsys)
+    assert f"field '{field}'" in err, err
+
+
+RECIPES = [
+    ("missing-recipe", "nowhere.yaml", "field '<file>': expected a readable recipe YAML"),
+    ("unreadable-recipe", "unreadable.yaml", "field '<file>': expected valid YAML"),
+    ("recipe-lambda-out-of-range", "out-of-range.yaml", "a lambda in [0, 1] (got 2"),
+]
+
+
+@pytest.mark.usefixtures("no_model")
+@pytest.mark.parametrize(("name", "recipe", "reason"), RECIPES, ids=[c[0] for c in RECIPES])
+def test_a_recipe_that_cannot_be_read_is_named_as_the_suites_field_with_its_own_reason(
+    root: Path, name: str, recipe: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _refused(root, name, {"assembly": _assembly(recipe=recipe)}, capsys)
+    assert f"{name}.yaml: field 'assembly.recipe'" in err, err
+    assert f"{recipe}: " in err and reason in err, err

@@ -1,7 +1,7 @@
 """A model sweep end to end on the organism pair (the shipped recipe tasks/assemblies/organism-pair.yaml,
 CI-sized): every child is a condition on the same prompts, its rows carry its lambda, the endpoints
 reproduce the parents exactly, transitions sit under `transitions`, models load one at a time in sweep
-order, a killed run resumes to the same summary, and the report draws the sweep."""
+order, a killed run resumes to the same summary, and the report draws the sweep (in headless Chromium too)."""
 
 from __future__ import annotations
 
@@ -137,13 +137,78 @@ def test_a_killed_sweep_resumes_to_the_same_summary_loading_only_what_is_left(sw
     assert _summary(copy) == _summary(run)
 
 
-def test_the_report_shows_the_sweep_tables_and_plots(sweep, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def sweep_report(sweep, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sweep run's report (markdown and HTML), written once for the tests below."""
     _, run, _ = sweep
-    assert main(["report", str(run), "--out", str(tmp_path), "--format", "md,html"]) == 0
-    page = (tmp_path / "index.html").read_text()
+    out = tmp_path_factory.mktemp("sweep-report")
+    assert main(["report", str(run), "--out", str(out), "--format", "md,html"]) == 0
+    return out
+
+
+def test_the_report_shows_the_sweep_tables_and_plots(sweep, sweep_report: Path) -> None:
+    _, run, _ = sweep
+    page = (sweep_report / "index.html").read_text()
     assert "Transitions" in page and "Sweep: sensitive" in page and "lambda=0.5" in page
-    assert (tmp_path / "plots" / "run" / "sweep_sensitive.png").is_file()
+    assert (sweep_report / "plots" / "run" / "sweep_sensitive.png").is_file()
     assert "## Transitions" in (run / "leaderboard.md").read_text()
+
+
+def _column(page: Any, table: str, header: str) -> int:
+    headers = page.evaluate(f"Array.from(document.querySelectorAll('#{table} th')).map(h => h.textContent)")
+    return list(headers).index(header)
+
+
+def _cells(page: Any, table: str, header: str, read: str = "c.textContent") -> list[Any]:
+    """One column of a table of the page in its shown order: each cell's text, or what `read` takes of cell c."""
+    index = _column(page, table, header)
+    rows = f"Array.from(document.querySelectorAll('#{table} tbody tr'))"
+    return list(page.evaluate(f"{rows}.map(r => r.cells[{index}]).map(c => {read})"))
+
+
+def _keys(page: Any, table: str, header: str) -> list[float | None]:
+    """A numeric column's sort keys in shown order; None for an empty cell."""
+    return [float(k) if k else None for k in _cells(page, table, header, "c.dataset.sort")]
+
+
+def _sort(page: Any, table: str, header: str) -> None:
+    page.locator(f"#{table} th").nth(_column(page, table, header)).click()
+
+
+def test_the_sweep_report_loads_cleanly_in_chromium_shows_its_tables_and_plots_and_sorts(
+    browser_page: Any, sweep, sweep_report: Path
+) -> None:
+    _, run, _ = sweep
+    summary = _summary(run)
+    problems: list[str] = []
+    browser_page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    browser_page.on("pageerror", lambda e: problems.append(str(e)))
+    browser_page.goto((sweep_report / "index.html").as_uri())
+    browser_page.wait_for_load_state("load")
+    assert problems == []
+
+    conditions = {r["condition"] for r in summary["rows"] if ":seed=" not in r["condition"]}
+    assert browser_page.locator("#sweep-sensitive").is_visible()
+    models = _cells(browser_page, "sweep-sensitive", "model")
+    assert sorted(models) == sorted(conditions)  # a row per model and carried condition
+    lambdas = sorted(k for k in _keys(browser_page, "sweep-sensitive", "lambda") if k is not None)
+    assert lambdas == sorted(LAMBDAS * 2)  # each child, baseline and targeted; the parents have none
+    assert browser_page.locator("#transitions-run").is_visible()
+    assert browser_page.locator("#transitions-run tbody tr").count() == len(summary["transitions"])
+
+    images = browser_page.evaluate("Array.from(document.images).map(i => [i.src, i.complete, i.naturalWidth])")
+    assert all(done and width > 100 for _, done, width in images), images
+    assert len([src for src, _, _ in images if "/sweep_" in src]) == 3  # metrics against lambda, one per task
+
+    _sort(browser_page, "sweep-sensitive", "lambda")
+    parents = [None] * (len(conditions) - len(lambdas))
+    assert _keys(browser_page, "sweep-sensitive", "lambda") == [*lambdas, *parents]  # empty cells last
+    _sort(browser_page, "sweep-sensitive", "lambda")
+    assert _keys(browser_page, "sweep-sensitive", "lambda")[: len(lambdas)] == lambdas[::-1]
+    _sort(browser_page, "transitions-run", "midpoint lambda [95%]")
+    midpoints = _keys(browser_page, "transitions-run", "midpoint lambda [95%]")
+    found = [m for m in midpoints if m is not None]
+    assert found and midpoints[: len(found)] == sorted(found)
 
 
 def test_the_shipped_gate_passes_on_the_run(sweep, tmp_path: Path) -> None:
