@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness.assembly.checkpoint import DTYPES, INDEX, Checkpoint, TensorInfo, fsync_dir
+from harness.assembly.checkpoint import DTYPES, INDEX, Checkpoint, OpenFiles, TensorInfo, fsync_dir
 from harness.assembly.fp8 import dequantize, quantize
 from harness.assembly.plan import FP8_NAMES, Plan, Unit, make_plan
 from harness.assembly.recipe import Recipe
@@ -155,14 +155,15 @@ def _build_shard(plan: Plan, index: int, partial: Path, bar: tqdm) -> int:
     writer = ShardWriter(tmp, [(o.name, o.dtype, o.shape) for u in units for o in u.outputs])
     records: dict[str, dict[str, Any]] = {}
     read = 0
-    try:
-        for unit in units:
-            unit_read, record = write_unit(plan, unit, writer, bar)
-            read += unit_read
-            for output in unit.outputs:
-                records[output.name] = {**record, "dtype": output.dtype}
-    finally:
-        writer.close()
+    with Reader() as reader:  # closed after the writer: its queued copies read the parents' files
+        try:
+            for unit in units:
+                unit_read, record = write_unit(plan, unit, writer, bar, reader)
+                read += unit_read
+                for output in unit.outputs:
+                    records[output.name] = {**record, "dtype": output.dtype}
+        finally:
+            writer.close()
     _write_json(partial / "records" / f"{name}.json", records)
     tmp.rename(partial / name)
     return read
@@ -186,17 +187,48 @@ class _Chunk:
     scale: torch.Tensor | None
 
 
-def _read(stored: _Stored, start: int, stop: int, block: tuple[int, int]) -> _Chunk:
+class Reader:
+    """What a build reads with: the parents' files, opened once, and float32 work buffers kept from
+    chunk to chunk (a fresh 4 MB buffer per chunk costs a page fault per 4 KB, more than the float
+    work itself)."""
+
+    def __init__(self) -> None:
+        self.files = OpenFiles()
+        self._buffers: list[torch.Tensor] = []
+
+    def scratch(self, slot: int, n: int) -> torch.Tensor:
+        """Float32 work buffer `slot`, n values (valid until that slot is asked for again)."""
+        while len(self._buffers) <= slot:
+            self._buffers.append(torch.empty(0, dtype=torch.float32))
+        if self._buffers[slot].numel() < n:
+            self._buffers[slot] = torch.empty(max(n, CHUNK_ELEMENTS), dtype=torch.float32)
+        return self._buffers[slot][:n]
+
+    def floats(self, slot: int, chunk: _Chunk, block: tuple[int, int]) -> torch.Tensor:
+        """The chunk's values in float32, flat, in work buffer `slot`."""
+        values = self.scratch(slot, chunk.weight.numel())
+        if chunk.scale is None:
+            values.copy_(chunk.weight.reshape(-1))
+        else:
+            values.copy_(dequantize(chunk.weight, chunk.scale, block).reshape(-1))
+        return values
+
+    def close(self) -> None:
+        self.files.close()
+        self._buffers.clear()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read(stored: _Stored, start: int, stop: int, block: tuple[int, int], files: OpenFiles) -> _Chunk:
     scale = None
     if stored.scale is not None:
-        scale = stored.scale.read_rows(start // block[0], math.ceil(stop / block[0]))
-    return _Chunk(start, stored.weight.read_rows(start, stop), scale)
-
-
-def _floats(chunk: _Chunk, block: tuple[int, int]) -> torch.Tensor:
-    if chunk.scale is None:
-        return chunk.weight.to(torch.float32)
-    return dequantize(chunk.weight, chunk.scale, block)
+        scale = stored.scale.read_rows(start // block[0], math.ceil(stop / block[0]), files)
+    return _Chunk(start, stored.weight.read_rows(start, stop, files), scale)
 
 
 def _raw(chunk: _Chunk, block: tuple[int, int]) -> list[tuple[int, memoryview]]:
@@ -216,11 +248,12 @@ def _bytes(tensor: torch.Tensor) -> memoryview:
 
 
 def _encode(plan: Plan, unit: Unit, values: torch.Tensor, start: int) -> list[tuple[int, memoryview]]:
-    """Float32 rows starting at `start` in the child's layout: (byte offset, bytes) per output tensor."""
+    """Float32 rows starting at `start` in the child's layout: (byte offset, bytes) per output tensor, in
+    memory of their own (the values may sit in a work buffer that the next chunk reuses)."""
     if len(unit.outputs) == 2:  # FP8 with its block scale
         quantised, scale = quantize(values, plan.block, DTYPES[unit.outputs[1].dtype])
         return _raw(_Chunk(start, quantised, scale), plan.block)
-    converted = values.to(DTYPES[unit.outputs[0].dtype])
+    converted = values.to(DTYPES[unit.outputs[0].dtype], copy=True)
     return [(start * _row_bytes(converted), _bytes(converted))]
 
 
@@ -236,12 +269,17 @@ def _same_layout(stored: _Stored, unit: Unit) -> bool:
     return layout == [(o.dtype, o.shape) for o in unit.outputs]
 
 
-def _chunk_reads(plan: Plan, unit: Unit, parents: list[str]) -> Iterator[dict[str, _Chunk]]:
-    """Every parent's chunks of one tensor, read up to PREFETCH chunks ahead of the caller's work."""
+def _chunk_reads(plan: Plan, unit: Unit, parents: list[str], files: OpenFiles) -> Iterator[dict[str, _Chunk]]:
+    """Every parent's chunks of one tensor, read up to PREFETCH chunks ahead of the caller's work (and
+    the whole tensor asked of the disk at once: the kernel reads it in the background meanwhile)."""
     stored = {p: _stored(plan.parent(p), unit) for p in parents}
+    for s in stored.values():
+        for tensor in (s.weight, s.scale):
+            if tensor is not None:
+                files.will_need(tensor)
 
     def read(rows: tuple[int, int]) -> dict[str, _Chunk]:
-        return {p: _read(s, rows[0], rows[1], plan.block) for p, s in stored.items()}
+        return {p: _read(s, rows[0], rows[1], plan.block, files) for p, s in stored.items()}
 
     spans = iter(_chunks(plan, unit, parents))
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -254,67 +292,74 @@ def _chunk_reads(plan: Plan, unit: Unit, parents: list[str]) -> Iterator[dict[st
             yield chunks
 
 
-def _copy(plan: Plan, parent: str, unit: Unit, writer: TensorSink, bar: Progress) -> int:
-    """One parent's tensor into the child: its bytes where the layouts agree, else converted."""
+def _copy(plan: Plan, parent: str, unit: Unit, writer: TensorSink, bar: Progress, reader: Reader) -> int:
+    """One parent's tensor into the child: its bytes where the layouts agree (copied file to file), else
+    converted chunk by chunk."""
     stored = _stored(plan.parent(parent), unit)
-    raw = _same_layout(stored, unit)
-    for chunks in _chunk_reads(plan, unit, [parent]):
-        chunk = chunks[parent]
-        _write(
-            writer,
-            unit,
-            _raw(chunk, plan.block) if raw else _encode(plan, unit, _floats(chunk, plan.block), chunk.start),
-        )
+    if _same_layout(stored, unit):
+        for output, tensor in zip(unit.outputs, (stored.weight, stored.scale), strict=False):
+            assert tensor is not None  # the same layout has a scale where the output has one
+            writer.copy_range(output.name, 0, reader.files.fd(tensor.file), tensor.start, tensor.nbytes)
+    else:
+        for chunks in _chunk_reads(plan, unit, [parent], reader.files):
+            chunk = chunks[parent]
+            _write(writer, unit, _encode(plan, unit, reader.floats(0, chunk, plan.block), chunk.start))
     bar.update(stored.nbytes)
     return stored.nbytes
 
 
-def write_unit(plan: Plan, unit: Unit, writer: TensorSink, bar: Progress) -> tuple[int, dict[str, Any]]:
+def write_unit(plan: Plan, unit: Unit, writer: TensorSink, bar: Progress, reader: Reader) -> tuple[int, dict[str, Any]]:
     lambdas = plan.recipe.lambdas(unit.group)
     record: dict[str, Any] = {"group": unit.group, "lambdas": lambdas, "distance": None, "merged": False}
     if not plan.merging(unit):
-        return _copy(plan, plan.base.name, unit, writer, bar), record
+        return _copy(plan, plan.base.name, unit, writer, bar, reader), record
     readers = _readers(plan, unit)
     one_hot = next((p for p, value in lambdas.items() if value == 1.0), None)
     raw_from = one_hot if one_hot is not None and _same_layout(_stored(plan.parent(one_hot), unit), unit) else None
     sums = {p: [0.0, 0.0, 0.0] for p in readers[1:]}  # ||A - B||^2, ||A||^2, ||B||^2
-    for chunks in _chunk_reads(plan, unit, readers):
-        values = {p: _floats(c, plan.block).reshape(-1) for p, c in chunks.items()}
-        _accumulate(sums, values, plan.base.name)
+    for chunks in _chunk_reads(plan, unit, readers, reader.files):
+        values = {p: reader.floats(slot, chunks[p], plan.block) for slot, p in enumerate(readers)}
         if raw_from is not None:
             _write(writer, unit, _raw(chunks[raw_from], plan.block))
         else:
-            _write(writer, unit, _encode(plan, unit, _mix(values, lambdas, chunks), chunks[plan.base.name].start))
+            start = chunks[plan.base.name].start
+            _write(writer, unit, _encode(plan, unit, _mix(values, lambdas, chunks, reader), start))
+        _accumulate(sums, values, plan.base.name)  # last: it overwrites the other parents' values
     read = sum(_stored(plan.parent(p), unit).nbytes for p in readers)
     bar.update(read)
     record["distance"] = max(_distance(*sums[p]) for p in sums)
     if record["distance"] > plan.recipe.threshold:
         record["merged"] = True
     else:  # the parents are this close: the base's tensor stands
-        read += _copy(plan, plan.base.name, unit, writer, NoBar())
+        read += _copy(plan, plan.base.name, unit, writer, NoBar(), reader)
     return read, record
 
 
 def _accumulate(sums: dict[str, list[float]], values: dict[str, torch.Tensor], base: str) -> None:
     """Squared norms for the distance, in float32 dot products (BLAS: blocked sums) added up in float64:
-    the difference is taken first, so near-identical tensors keep their small distance."""
+    the difference is taken first, so near-identical tensors keep their small distance. Each other
+    parent's values are replaced by their difference to the base (no new memory)."""
     a = values[base]
     a2 = float(torch.dot(a, a))
     for p, total in sums.items():
         b = values[p]
-        d = a - b
-        total[0] += float(torch.dot(d, d))
         total[1] += a2
         total[2] += float(torch.dot(b, b))
+        d = b.sub_(a)
+        total[0] += float(torch.dot(d, d))
 
 
-def _mix(values: dict[str, torch.Tensor], lambdas: dict[str, float], chunks: dict[str, _Chunk]) -> torch.Tensor:
-    """sum_i lambda_i W_i in float32 (lambda 0.5 between two: their mean, exactly), in the chunk's shape."""
+def _mix(
+    values: dict[str, torch.Tensor], lambdas: dict[str, float], chunks: dict[str, _Chunk], reader: Reader
+) -> torch.Tensor:
+    """sum_i lambda_i W_i in float32 (lambda 0.5 between two: their mean, exactly), in the chunk's shape,
+    in a work buffer after the parents' (each product rounded, then added, as written)."""
     shape = next(iter(chunks.values())).weight.shape
     terms = [(lambdas[p], v) for p, v in values.items() if lambdas[p] > 0]
-    mixed = terms[0][1] * terms[0][0]
+    mixed, term = (reader.scratch(len(values) + i, terms[0][1].numel()) for i in range(2))
+    torch.mul(terms[0][1], terms[0][0], out=mixed)
     for weight, value in terms[1:]:
-        mixed += value * weight
+        mixed.add_(torch.mul(value, weight, out=term))
     return mixed.reshape(shape)
 
 

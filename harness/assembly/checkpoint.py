@@ -68,22 +68,60 @@ class TensorInfo:
     def is_float(self) -> bool:
         return self.dtype in FLOATS
 
-    def read_rows(self, start: int, stop: int) -> torch.Tensor:
+    def row_bytes(self) -> int:
+        return self.row_elements * self.itemsize
+
+    def read_rows(self, start: int, stop: int, files: OpenFiles) -> torch.Tensor:
         """Rows [start, stop) (the first dimension), as a tensor of the stored dtype."""
-        row_bytes = self.row_elements * self.itemsize
-        count = (stop - start) * row_bytes
+        count = (stop - start) * self.row_bytes()
         buffer = torch.empty(count, dtype=torch.uint8)  # not zero-filled: every byte is read into
-        with self.file.open("rb", buffering=0) as handle:
-            handle.seek(self.start + start * row_bytes)
-            view = buffer.numpy().data
-            got = 0
-            while got < count:
-                n = handle.readinto(view[got:])
-                if not n:
-                    raise InputError(self.file, self.name, f"{count} bytes of data (the file is truncated)")
-                got += n
+        files.read_into(self, self.start + start * self.row_bytes(), buffer.numpy().data)
         shape = (stop - start, *self.shape[1:]) if self.shape else ()
         return buffer.view(DTYPES[self.dtype]).reshape(shape)
+
+
+class OpenFiles:
+    """The parents' files a build reads, each opened once and read by position (threads share them)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def fd(self, path: Path) -> int:
+        if path not in self._fds:
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead window
+            self._fds[path] = fd
+        return self._fds[path]
+
+    def will_need(self, tensor: TensorInfo) -> None:
+        """Ask the kernel to start reading a tensor now, in the background (its pages, not our memory)."""
+        os.posix_fadvise(self.fd(tensor.file), tensor.start, tensor.nbytes, os.POSIX_FADV_WILLNEED)
+
+    def read_into(self, tensor: TensorInfo, position: int, view: memoryview) -> None:
+        if not read_exactly(self.fd(tensor.file), view, position):
+            raise InputError(tensor.file, tensor.name, f"{len(view)} bytes of data (the file is truncated)")
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> OpenFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_exactly(fd: int, view: memoryview, position: int) -> bool:
+    """Fill `view` from byte `position` of `fd`; False where the file ends first."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], position + got)
+        if not n:
+            return False
+        got += n
+    return True
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:

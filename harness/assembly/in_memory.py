@@ -15,15 +15,23 @@ from pathlib import Path
 
 import torch
 
-from harness.assembly.build import AT_LOAD, NoBar, assembly_record, identity_of, write_side_files, write_unit
-from harness.assembly.checkpoint import DTYPES
+from harness.assembly.build import (
+    AT_LOAD,
+    NoBar,
+    Reader,
+    assembly_record,
+    identity_of,
+    write_side_files,
+    write_unit,
+)
+from harness.assembly.checkpoint import DTYPES, read_exactly
 from harness.assembly.plan import Output, Plan, Unit, make_plan
 from harness.assembly.recipe import Recipe, load_recipe
 from harness.assembly.writer import itemsize
 
 
 class MemoryWriter:
-    """ShardWriter's `write` into one buffer per output tensor."""
+    """ShardWriter's `write` and `copy_range` into one buffer per output tensor."""
 
     def __init__(self, outputs: Sequence[Output]) -> None:
         self.outputs = outputs
@@ -31,6 +39,10 @@ class MemoryWriter:
 
     def write(self, name: str, offset: int, data: bytes | memoryview) -> None:
         self.buffers[name][offset : offset + len(data)] = data
+
+    def copy_range(self, name: str, offset: int, fd: int, position: int, length: int) -> None:
+        if not read_exactly(fd, memoryview(self.buffers[name])[offset : offset + length], position):
+            raise OSError(f"{length} bytes from byte {position}: the file is truncated")
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -41,16 +53,17 @@ class MemoryWriter:
         return out
 
 
-def unit_tensors(plan: Plan, unit: Unit) -> dict[str, torch.Tensor]:
+def unit_tensors(plan: Plan, unit: Unit, reader: Reader) -> dict[str, torch.Tensor]:
     writer = MemoryWriter(unit.outputs)
-    write_unit(plan, unit, writer, NoBar())
+    write_unit(plan, unit, writer, NoBar(), reader)
     return writer.tensors()
 
 
 def child_tensors(plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the child, one unit at a time, in the base's storage order."""
-    for unit in plan.units:
-        yield from unit_tensors(plan, unit).items()
+    with Reader() as reader:
+        for unit in plan.units:
+            yield from unit_tensors(plan, unit, reader).items()
 
 
 def plan_from(recipe: str | Path, overrides: Sequence[str] = ()) -> Plan:

@@ -11,8 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from harness.backends.replicas import ReplicasUnavailableError
-from harness.common.errors import InputError, UnsupportedModelError
+from harness.common.errors import InputError, ReplicasUnavailableError, UnsupportedModelError
 from judges.health import JudgeUnavailableError
 
 # Subcommand modules under harness.cli, in help order. Each defines register(subparsers), which

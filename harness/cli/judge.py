@@ -16,17 +16,19 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from harness.common.errors import InputError
 from harness.mote.think import split_think
-from judges import language, mt_bench, refusal_llm, string_match
-from judges.agreement import binary_refusal, cohen_kappa
-from judges.cache import ReplyCache
-from judges.client import EndpointConfig, JudgeClient
+from judges import language, string_match
 from judges.labels import UNSCORED, Judgement
+
+if TYPE_CHECKING:  # the LLM judges bring the openai client, the agreement statsmodels: imported where used
+    from judges import mt_bench, refusal_llm
+    from judges.cache import ReplyCache
+    from judges.client import JudgeClient
 
 JUDGES = ("refusal-llm", "refusal-string", "reasoning-language", "mt-bench")
 LLM_JUDGES = ("refusal-llm", "mt-bench")
@@ -217,6 +219,8 @@ def _run_judge(args: argparse.Namespace, items: Sequence[BaseModel]) -> list[Jud
         return [string_match.judge(i.id, i.answer) for i in items if isinstance(i, _TextItem)]
     if args.judge == "reasoning-language":
         return [language.judge(i.id, i.think) for i in items if isinstance(i, _TextItem)]
+    from judges import mt_bench, refusal_llm
+
     client, cache = _client(args)
     progress = not args.no_progress
     try:
@@ -237,6 +241,9 @@ def _run_judge(args: argparse.Namespace, items: Sequence[BaseModel]) -> list[Jud
 
 
 def _client(args: argparse.Namespace) -> tuple[JudgeClient, ReplyCache | None]:
+    from judges.cache import ReplyCache
+    from judges.client import EndpointConfig, JudgeClient
+
     for flag, value in (("--endpoint", args.endpoint), ("--judge-model", args.judge_model)):
         if not value:
             raise InputError(flag, flag.lstrip("-").replace("-", "_"), f"a value for judge {args.judge}")
@@ -277,6 +284,8 @@ def _text_item(line: Line) -> _TextItem:
 
 
 def _refusal_item(line: Line) -> refusal_llm.RefusalItem:
+    from judges import refusal_llm
+
     think, answer = _split(line)
     if not isinstance(line.get("prompt"), str):
         raise ValueError("field 'prompt': expected the user prompt as a string")
@@ -284,6 +293,8 @@ def _refusal_item(line: Line) -> refusal_llm.RefusalItem:
 
 
 def _mt_bench_item(line: Line) -> mt_bench.MTBenchItem:
+    from judges import mt_bench
+
     answers = line.get("answers")
     if answers is None:
         answers = [split_think(str(line["response"]))[1]]
@@ -323,6 +334,8 @@ def _client_summary(client: JudgeClient) -> None:
 
 
 def _print_agreement(args: argparse.Namespace, judgements: Sequence[Judgement]) -> None:
+    from judges.agreement import binary_refusal, cohen_kappa
+
     other, problems = read_lines(args.agree_with)
     if problems:
         raise InputError(args.agree_with, "(lines)", "a valid judge output JSONL", problems[0])
