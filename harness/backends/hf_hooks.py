@@ -32,6 +32,7 @@ from harness.mote.routing import (
     drop_after_topk,
     edit_selection_scores,
     expand_rows,
+    force_lift,
 )
 
 _SELECTION_FUNCS: dict[str, tuple[Callable[..., Any], ...]] = {
@@ -40,13 +41,30 @@ _SELECTION_FUNCS: dict[str, tuple[Callable[..., Any], ...]] = {
 }
 
 
+class ForceLifts:
+    """One layer's force table [rows, E] as `force_lift`s, one per score dtype its router selects in,
+    each made once per configured call: forcing is then one add per selection call."""
+
+    __slots__ = ("_lifts", "force")
+
+    def __init__(self, force: torch.Tensor) -> None:
+        self.force = force
+        self._lifts: dict[torch.dtype, torch.Tensor] = {}
+
+    def for_scores(self, scores: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        lift = self._lifts.get(scores.dtype)
+        if lift is None:
+            lift = self._lifts[scores.dtype] = force_lift(self.force, scores.dtype)
+        return expand_rows(lift, n_tokens)
+
+
 class SelectionEdit:
     """The edit of one router call: its tables for `n_tokens` tokens of `n_experts` experts, applied to
     each selection call handed to `apply`, and how many calls it edited."""
 
     __slots__ = ("block", "calls", "edited", "force", "n_experts", "n_tokens")
 
-    def __init__(self, block: torch.Tensor | None, force: torch.Tensor | None, n_tokens: int, n_experts: int) -> None:
+    def __init__(self, block: torch.Tensor | None, force: ForceLifts | None, n_tokens: int, n_experts: int) -> None:
         self.block = block
         self.force = force
         self.n_tokens = n_tokens
@@ -55,14 +73,15 @@ class SelectionEdit:
         self.calls = 0  # every call that got it, grouped views included
 
     def apply(self, func: Callable[..., Any], op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not args or not isinstance(args[0], torch.Tensor):
+        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
             return func(*args, **kwargs)
         scores: torch.Tensor = args[0]
         dim = _reduction_dim(op, args, kwargs)
         if dim is None or dim % scores.dim() != scores.dim() - 1 or scores.shape[0] != self.n_tokens:
             return func(*args, **kwargs)
+        force = None if self.force is None else self.force.for_scores(scores, self.n_tokens)
         if scores.dim() == 2 and scores.shape[1] == self.n_experts:
-            edited = edit_selection_scores(scores, self.block, self.force)
+            edited = edit_selection_scores(scores, self.block, force)
             _, indices = func(edited, *args[1:], **kwargs)
             self.edited += 1
             self.calls += 1
@@ -71,7 +90,7 @@ class SelectionEdit:
         if scores.dim() == 3 and scores.shape[1] * scores.shape[2] == self.n_experts:
             shape = scores.shape
             block = None if self.block is None else self.block.reshape(shape)
-            force = None if self.force is None else self.force.reshape(shape)
+            force = None if force is None else force.reshape(shape)
             self.calls += 1
             return func(edit_selection_scores(scores, block, force), *args[1:], **kwargs)
         return func(*args, **kwargs)
@@ -313,6 +332,7 @@ class RoutingController:
         self.blocks = list(blocks)
         self.n_experts = {b.layer: b.n_experts for b in self.blocks}
         self.tables: dict[int, LayerTables] = {}
+        self.lifts: dict[int, ForceLifts] = {}
         self.n_rows = 1
         self.recording = False
         self.steps: list[StepCapture] = []
@@ -327,6 +347,7 @@ class RoutingController:
     # -- configuration per generate() call -------------------------------------------------------
     def configure(self, interventions: Sequence[Intervention], record: bool, device: torch.device) -> None:
         self.tables = build_layer_tables(interventions, self.n_experts, device)
+        self.lifts = {layer: ForceLifts(t.force) for layer, t in self.tables.items() if t.force is not None}
         self.n_rows = len(interventions)
         self.recording = record
         self.steps = []
@@ -335,6 +356,7 @@ class RoutingController:
 
     def reset(self) -> None:
         self.tables = {}
+        self.lifts = {}
         self.n_rows = 1
         self.recording = False
         self.steps = []
@@ -392,8 +414,7 @@ class RoutingController:
             tables = controller.tables[block.layer]  # installed (`_arm`) only while they edit this layer's selection
             n_tokens = hidden_states.numel() // hidden_states.shape[-1]
             block_t = None if tables.block is None else expand_rows(tables.block, n_tokens)
-            force_t = None if tables.force is None else expand_rows(tables.force, n_tokens)
-            edit = SelectionEdit(block_t, force_t, n_tokens, block.n_experts)
+            edit = SelectionEdit(block_t, controller.lifts.get(block.layer), n_tokens, block.n_experts)
             if fast is not None and fast.verdict:
                 out = fast.run(edit, hidden_states, *args, **kwargs)
             else:

@@ -3,8 +3,8 @@
 Two edits, both expressed over boolean expert tables so that rows of one batch can differ:
 
 (a) `edit_selection_scores`: edit the scores a router *selects* over. Mask-suppressed experts get
-    -inf (never chosen; the next-best takes the slot), stimulated experts +inf (always chosen,
-    displacing the weakest selected one). Applied to the tensor passed to the router's own
+    -inf (never chosen; the next-best takes the slot), stimulated experts are lifted above every
+    other score (always chosen, displacing the weakest selected one). Applied to the tensor passed to the router's own
     selection call, so each family's weighting code (softmax, sigmoid + correction bias,
     renormalisation, scaling) runs unchanged. The same edit on a grouped view [.., G, E/G] makes a
     forced expert's group always win and keeps a masked expert from ever lifting its group.
@@ -86,18 +86,29 @@ def rows_for_tokens(table: torch.Tensor, row_of_token: torch.Tensor) -> torch.Te
 
 
 def edit_selection_scores(scores: torch.Tensor, block: torch.Tensor | None, force: torch.Tensor | None) -> torch.Tensor:
-    """Scores with blocked experts at -inf and forced experts at +inf.
+    """Scores with blocked experts at -inf and forced experts lifted above every other score.
 
-    `block`/`force` are bool and broadcastable to `scores` (per token [T, E], or reshaped like a
-    grouped view). An expert the family's own code already set to -inf (e.g. one it already picked
-    in a sequential selection, or one outside the chosen groups) is never forced back in.
+    `block` is bool and `force` bool or its `force_lift` in the scores' dtype, broadcastable to
+    `scores` (per token [T, E], or reshaped like a grouped view). A forced score s gets the dtype's
+    largest finite value M added: s + M is above every score not forced (exactly M or +inf for the
+    scores routers produce; only scores within |s| of M could tie it, even in float16), while an
+    expert the family's own code already set to -inf (one it already picked in a sequential
+    selection, or one outside the chosen groups) stays at -inf: never forced back in. With a lift made
+    once, forcing is one add (a decode step at batch 1 pays a launch per op).
     """
     out = scores
     if block is not None:
         out = out.masked_fill(block, float("-inf"))
     if force is not None:
-        out = out.masked_fill(force & (scores > float("-inf")), float("inf"))
+        out = out + (force if force.dtype == scores.dtype else force_lift(force > 0, scores.dtype))
     return out
+
+
+def force_lift(force: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool force table as `edit_selection_scores` adds it: `dtype`'s largest finite value where
+    forced, 0 elsewhere."""
+    lift = torch.zeros(force.shape, dtype=dtype, device=force.device)
+    return lift.masked_fill_(force, torch.finfo(dtype).max)
 
 
 def drop_after_topk(

@@ -5,18 +5,37 @@ from __future__ import annotations
 import torch
 
 from harness.mote import Intervention
-from harness.mote.routing import build_layer_tables, drop_after_topk, edit_selection_scores, expand_rows
+from harness.mote.routing import (
+    build_layer_tables,
+    drop_after_topk,
+    edit_selection_scores,
+    expand_rows,
+    force_lift,
+)
 
 INF = float("inf")
 
 
-def test_mask_sends_experts_to_minus_inf_and_force_to_plus_inf():
+def test_mask_sends_experts_to_minus_inf_and_force_lifts_them_above_every_score():
     scores = torch.tensor([[0.125, 0.5, 0.25, 0.125]])
     block = torch.tensor([[False, True, False, False]])
     force = torch.tensor([[False, False, False, True]])
     out = edit_selection_scores(scores, block, force)
-    assert out.tolist() == [[0.125, -INF, 0.25, INF]]
+    assert out.tolist() == [[0.125, -INF, 0.25, torch.finfo(torch.float32).max]]
     assert torch.topk(out, 2).indices.tolist() == [[3, 2]]  # forced first, next best fills
+
+
+def test_a_forced_expert_wins_over_every_score_not_forced_in_every_float_dtype():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        scores = torch.tensor([[1e4, -1e4, 1e-3, 5e3, -1.0]], dtype=dtype)  # far beyond router scores
+        for forced in range(1, 5):
+            force = torch.zeros(1, 5, dtype=torch.bool)
+            force[0, forced] = True
+            for table in (force, force_lift(force, dtype)):  # the bool table, or its lift made once
+                out = edit_selection_scores(scores, None, table)
+                assert out.dtype == dtype
+                assert torch.topk(out, 1).indices.item() == forced, (dtype, forced)
+                assert torch.equal(out[0, :forced], scores[0, :forced]), "a score not forced changed"
 
 
 def test_force_never_overrides_an_expert_the_family_already_excluded():
