@@ -196,21 +196,19 @@ class Reader:
         self.files = OpenFiles()
         self._buffers: list[torch.Tensor] = []
 
-    def scratch(self, slot: int, n: int) -> torch.Tensor:
-        """Float32 work buffer `slot`, n values (valid until that slot is asked for again)."""
+    def scratch(self, slot: int, shape: torch.Size) -> torch.Tensor:
+        """Float32 work buffer `slot` as a tensor of `shape` (valid until that slot is asked for again)."""
+        n = math.prod(shape)
         while len(self._buffers) <= slot:
             self._buffers.append(torch.empty(0, dtype=torch.float32))
         if self._buffers[slot].numel() < n:
             self._buffers[slot] = torch.empty(max(n, CHUNK_ELEMENTS), dtype=torch.float32)
-        return self._buffers[slot][:n]
+        return self._buffers[slot][:n].view(shape)
 
     def floats(self, slot: int, chunk: _Chunk, block: tuple[int, int]) -> torch.Tensor:
-        """The chunk's values in float32, flat, in work buffer `slot`."""
-        values = self.scratch(slot, chunk.weight.numel())
-        if chunk.scale is None:
-            values.copy_(chunk.weight.reshape(-1))
-        else:
-            values.copy_(dequantize(chunk.weight, chunk.scale, block).reshape(-1))
+        """The chunk's values in float32, in its shape, in work buffer `slot`."""
+        values = self.scratch(slot, chunk.weight.shape)
+        values.copy_(chunk.weight if chunk.scale is None else dequantize(chunk.weight, chunk.scale, block))
         return values
 
     def close(self) -> None:
@@ -323,7 +321,7 @@ def write_unit(plan: Plan, unit: Unit, writer: TensorSink, bar: Progress, reader
             _write(writer, unit, _raw(chunks[raw_from], plan.block))
         else:
             start = chunks[plan.base.name].start
-            _write(writer, unit, _encode(plan, unit, _mix(values, lambdas, chunks, reader), start))
+            _write(writer, unit, _encode(plan, unit, _mix(values, lambdas, reader), start))
         _accumulate(sums, values, plan.base.name)  # last: it overwrites the other parents' values
     read = sum(_stored(plan.parent(p), unit).nbytes for p in readers)
     bar.update(read)
@@ -339,28 +337,26 @@ def _accumulate(sums: dict[str, list[float]], values: dict[str, torch.Tensor], b
     """Squared norms for the distance, in float32 dot products (BLAS: blocked sums) added up in float64:
     the difference is taken first, so near-identical tensors keep their small distance. Each other
     parent's values are replaced by their difference to the base (no new memory)."""
-    a = values[base]
+    a = values[base].reshape(-1)
     a2 = float(torch.dot(a, a))
     for p, total in sums.items():
-        b = values[p]
+        b = values[p].reshape(-1)  # views: the work buffers are contiguous
         total[1] += a2
         total[2] += float(torch.dot(b, b))
         d = b.sub_(a)
         total[0] += float(torch.dot(d, d))
 
 
-def _mix(
-    values: dict[str, torch.Tensor], lambdas: dict[str, float], chunks: dict[str, _Chunk], reader: Reader
-) -> torch.Tensor:
+def _mix(values: dict[str, torch.Tensor], lambdas: dict[str, float], reader: Reader) -> torch.Tensor:
     """sum_i lambda_i W_i in float32 (lambda 0.5 between two: their mean, exactly), in the chunk's shape,
     in a work buffer after the parents' (each product rounded, then added, as written)."""
-    shape = next(iter(chunks.values())).weight.shape
     terms = [(lambdas[p], v) for p, v in values.items() if lambdas[p] > 0]
-    mixed, term = (reader.scratch(len(values) + i, terms[0][1].numel()) for i in range(2))
+    shape = terms[0][1].shape
+    mixed, term = (reader.scratch(len(values) + i, shape) for i in range(2))
     torch.mul(terms[0][1], terms[0][0], out=mixed)
     for weight, value in terms[1:]:
         mixed.add_(torch.mul(value, weight, out=term))
-    return mixed.reshape(shape)
+    return mixed
 
 
 def _distance(diff2: float, a2: float, b2: float) -> float:

@@ -88,14 +88,15 @@ class OpenFiles:
 
     def fd(self, path: Path) -> int:
         if path not in self._fds:
-            fd = os.open(path, os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead window
-            self._fds[path] = fd
+            self._fds[path] = fd = os.open(path, os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the default read-ahead
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead window
         return self._fds[path]
 
     def will_need(self, tensor: TensorInfo) -> None:
         """Ask the kernel to start reading a tensor now, in the background (its pages, not our memory)."""
-        os.posix_fadvise(self.fd(tensor.file), tensor.start, tensor.nbytes, os.POSIX_FADV_WILLNEED)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd(tensor.file), tensor.start, tensor.nbytes, os.POSIX_FADV_WILLNEED)
 
     def read_into(self, tensor: TensorInfo, position: int, view: memoryview) -> None:
         if not read_exactly(self.fd(tensor.file), view, position):

@@ -90,6 +90,9 @@ class ShardWriter:
             view, position = view[written:], position + written
 
     def _copy(self, fd: int, source: int, target: int, length: int) -> None:
+        if not hasattr(os, "copy_file_range"):  # Linux only
+            self._copy_through_memory(fd, source, target, length)
+            return
         end = source + length
         try:
             while source < end:
@@ -117,7 +120,7 @@ class ShardWriter:
                 continue  # keep taking tasks so that write() never blocks on a dead writer
             try:
                 task()
-            except OSError as err:
+            except BaseException as err:  # raised by the next write() or by close(), never lost
                 self._error = err
 
     def close(self) -> None:

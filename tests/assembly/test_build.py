@@ -109,12 +109,40 @@ def test_assembly_json_names_the_recipe_the_parents_and_every_tensor(parents, tm
     assert not (tmp_path / "child" / "plan.json").exists() and not (tmp_path / "child" / "records").exists()
 
 
-@pytest.mark.parametrize("fp8", [False, True])
-def test_row_chunks_give_the_same_child_as_whole_tensors(parents, tmp_path, monkeypatch, fp8):
+MIXED_AND_ONE_HOT = "{all: {b: 0.3}, routed_experts: {b: 1.0}}"
+KEPT_AND_MIXED = "{routed_experts: {b: 0.3}}"  # every other group kept from the base (converted if dtype says)
+
+
+@pytest.mark.parametrize(
+    ("fp8", "groups", "dtype"),
+    [
+        (False, MIXED_AND_ONE_HOT, "auto"),
+        (True, MIXED_AND_ONE_HOT, "auto"),
+        (False, KEPT_AND_MIXED, "bfloat16"),  # the tiny parents are float32
+        (True, KEPT_AND_MIXED, "bfloat16"),
+        (True, MIXED_AND_ONE_HOT, "bfloat16"),
+    ],
+)
+def test_row_chunks_give_the_same_child_as_whole_tensors(parents, tmp_path, monkeypatch, fp8, groups, dtype):
     a, b = parents("deepseek_v3", fp8=fp8, block=32)  # FP8 weights of several 32-row blocks
-    text = f"parents: {{a: {a}, b: {b}}}\ngroups: {{all: {{b: 0.3}}, routed_experts: {{b: 1.0}}}}\n"
+    text = f"parents: {{a: {a}, b: {b}}}\ngroups: {groups}\ndtype: {dtype}\n"
     _build(tmp_path, text, name="whole")
     monkeypatch.setattr(build_module, "CHUNK_ELEMENTS", 7)  # a few rows per chunk (one block row for FP8)
     _build(tmp_path, text, name="chunked")
     whole, chunked = tensors(tmp_path / "whole"), tensors(tmp_path / "chunked")
     assert all(raw(whole[n]) == raw(chunked[n]) for n in whole)
+
+
+def test_without_the_kernels_file_to_file_copy_kept_tensors_go_through_memory_to_the_same_bytes(
+    parents, tmp_path, monkeypatch
+):
+    a, b = parents("qwen3_moe")
+    text = f"parents: {{a: {a}, b: {b}}}\ngroups: {{routed_experts: {{b: 0.5}}}}\n"
+    _build(tmp_path, text, name="kernel")
+    monkeypatch.delattr("os.copy_file_range")
+    monkeypatch.setattr("harness.assembly.writer.COPY_PIECE", 1000)  # several pieces per tensor
+    _build(tmp_path, text, name="memory")
+    kernel, memory, base = tensors(tmp_path / "kernel"), tensors(tmp_path / "memory"), tensors(a)
+    assert all(raw(kernel[n]) == raw(memory[n]) for n in kernel)
+    kept = [n for n, r in assembly(tmp_path / "memory")["tensors"].items() if not r["merged"]]
+    assert kept and all(raw(memory[n]) == raw(base[n]) for n in kept)

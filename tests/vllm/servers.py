@@ -1,13 +1,16 @@
-"""`harness serve` processes owned by a test: started in their own process group, health-checked, killed
-(SIGTERM, or SIGKILL as a dying replica), restarted on the same port."""
+"""`harness serve` processes owned by a test (or bench/replica_quickstart.py): started in their own process
+group, health-checked, killed (SIGTERM, or SIGKILL as a dying replica), restarted on the same port; and
+what a run over them wrote, to compare runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -86,3 +89,35 @@ def start_all(servers: list[Server]) -> list[Server]:
     for server in servers:
         server.start()
     return [server.wait_healthy() for server in servers]
+
+
+def kill_when(server: Server, served_at_least: int) -> threading.Thread:
+    """SIGKILL `server` once it has finished `served_at_least` more requests (it is then serving more)."""
+    target = server.served() + served_at_least
+
+    def watch() -> None:
+        while server.served() < target:
+            time.sleep(0.05)
+        server.kill()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_samples(run: Path) -> list[tuple[str, str, str, str]]:
+    """(task, condition, prompt id, text) of every sample line of a run, in file order."""
+    lines = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    return [(s["task"], s["condition"], s["id"], s["text"]) for s in lines]
+
+
+def run_routing(run: Path) -> dict[str, list[int]]:
+    """Discovery's span counts per prompt, from the run's routing chunks."""
+    import numpy as np
+
+    rows: dict[str, list[int]] = {}
+    for chunk in sorted((run / "routing").glob("*.npz")):
+        with np.load(chunk) as data:
+            for i, pid in enumerate(data["ids"].tolist()):
+                rows[str(pid)] = [int(x) for k in sorted(data.files) if k != "ids" for x in np.ravel(data[k][i])]
+    return rows

@@ -6,14 +6,15 @@ stops (exit 3) and `--resume` finishes it with the same results."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from marks import VLLM
-from servers import Server, start_all
+from servers import Server, kill_when, start_all
+from servers import run_routing as routing
+from servers import run_samples as samples
 
 from harness.cli import main
 from harness.common.errors import InputError
@@ -73,23 +74,6 @@ def run_suite(folder: Path, urls: list[str], **server: Any) -> Runner:
     return runner
 
 
-def samples(run: Path) -> list[tuple[str, str, str, str]]:
-    lines = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-    return [(s["task"], s["condition"], s["id"], s["text"]) for s in lines]
-
-
-def routing(run: Path) -> dict[str, list[int]]:
-    """Discovery's span counts per prompt, from the run's routing chunks."""
-    import numpy as np
-
-    rows: dict[str, list[int]] = {}
-    for chunk in sorted((run / "routing").glob("*.npz")):
-        with np.load(chunk) as data:
-            for i, pid in enumerate(data["ids"].tolist()):
-                rows[str(pid)] = [int(x) for k in sorted(data.files) if k != "ids" for x in np.ravel(data[k][i])]
-    return rows
-
-
 def assert_same_results(run: Path, reference: Path) -> None:
     got, want = samples(run), samples(reference)
     assert len(got) == len(set(got)), "a sample was written twice"
@@ -97,20 +81,6 @@ def assert_same_results(run: Path, reference: Path) -> None:
     assert routing(run) == routing(reference)
     for name in SAME:
         assert (run / name).read_text() == (reference / name).read_text(), name
-
-
-def kill_when(server: Server, served_at_least: int) -> threading.Thread:
-    """SIGKILL `server` once it has finished `served_at_least` more requests (it is then serving more)."""
-    target = server.served() + served_at_least
-
-    def watch() -> None:
-        while server.served() < target:
-            time.sleep(0.05)
-        server.kill()
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.fixture(scope="module")
