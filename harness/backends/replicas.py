@@ -32,7 +32,10 @@ from harness.vllm_plugin.ranks import merge_status
 # mote_status fields on which every replica must agree
 IDENTITY_FIELDS = ("weights", "plugin_version", "vllm_version", "model_type", "moe_layers", "top_k",
                    "global_intervention", "record_all")  # fmt: skip
-PROBE_TIMEOUT_S = 5.0
+# a status call: a worker's first one hashes its model folder (up to 2 GiB of weights), a few seconds to
+# tens of seconds on a slow disk; a replica that does not answer in this time is refused (start) or stays
+# down (probe), instead of holding the run for a request's timeout
+STATUS_TIMEOUT_S = 60.0
 MIN_PROBE_INTERVAL_S = 0.5  # a down replica is probed at most this often, whatever rejoin_s says
 IDLE_REUSE_S = 2.0  # a kept-alive connection idle longer is not reused (vLLM's server closes them after 5 s)
 REPLICA_COUNTS = ("served", "tokens", "failed", "down", "rejoined")  # ReplicaStats' fields
@@ -177,7 +180,7 @@ class ReplicaPool:
         statuses = []
         for replica in self.replicas:
             try:
-                statuses.append(replica.status())
+                statuses.append(replica.status(timeout_s=min(STATUS_TIMEOUT_S, replica.timeout_s)))
             except (ReplicaError, MoteVLLMError) as err:
                 raise InputError(source, replica.url, "a running `harness serve MODEL --dev-rpc`", str(err)) from None
         first = identity(statuses[0])
@@ -261,7 +264,7 @@ class ReplicaPool:
     def _probe(self, replica: Replica) -> None:
         """One status call (no lock held); back up when it still serves the run's model."""
         try:
-            same = identity(replica.status(timeout_s=PROBE_TIMEOUT_S)) == self.identity
+            same = identity(replica.status(timeout_s=STATUS_TIMEOUT_S)) == self.identity
             error = "" if same else "its status shows another model or setup"
         except Exception as err:  # refused, timed out, a torn or odd answer: still down
             same, error = False, f"probe: {err}"

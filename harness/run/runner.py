@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -161,11 +162,25 @@ class Runner:
         """Load a sweep model's backend, releasing the previous model's first (one model at a time)."""
         if self.sweep is None or name == self._backend_model:
             return
-        _release(self._backend)
-        self._backend = None
+        self._release_backend()
         model = next(m for m in self.sweep if m.name == name)
         self.model_path = model_folder(model)
         self._backend_model = name
+
+    def _release_backend(self) -> None:
+        """Free the loaded model before the next one loads (a vLLM engine shuts down; HF weights are
+        freed): the runner lets go of it first, so the collection finds nothing holding it."""
+        import gc
+
+        backend, self._backend = self._backend, None
+        close = getattr(backend, "close", None)
+        if callable(close):
+            close()
+        del backend
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the freed blocks back to the device for the next model
 
     def _open_store(self) -> None:
         root = self.store.root
@@ -697,17 +712,6 @@ def _sample(item: WorkItem, result: GenerationResult) -> dict[str, Any]:
         "n_generated_tokens": result.n_generated_tokens,
         "finish_reason": result.finish_reason,
     }
-
-
-def _release(backend: Backend | None) -> None:
-    """Free a backend's model before the next one loads (a vLLM engine shuts down; HF weights are freed)."""
-    import gc
-
-    close = getattr(backend, "close", None)
-    if callable(close):
-        close()
-    del backend
-    gc.collect()
 
 
 def _sweep_entry(model: SweepModel) -> dict[str, Any]:
