@@ -10,10 +10,11 @@ values; the embedding alone is 0.5 GB, larger than a chunk), then times, in the 
   chimera       `harness assemble`: routed experts one-hot from B (R1T's recipe), the rest from A;
   mix           `harness assemble`: every group at lambda 0.5 (every tensor read from both and merged).
 Each assembly runs in its own process; its peak RSS is that process's VmHWM. The page cache is
-dropped before each phase where the machine allows it (root; the JSON says whether it was). Each of
---rounds rounds runs the three phases in turn; ratio = copy seconds / assembly seconds within a round
-(1.0: the assembly is as fast as copying), median and range over rounds. Goals: median ratio >= 0.8,
-peak RSS < 2 GiB. Writes results/bench/assembly_<utc time>.json.
+dropped before each phase where the machine allows it (root; the JSON says whether it was), and
+each timed phase follows an untimed copy (`settle`: what ran before a phase changed its time 3x).
+Each of --rounds rounds (default 5) runs the three phases in turn; ratio = copy seconds / assembly
+seconds within a round (1.0: the assembly is as fast as copying), median and range over rounds.
+Goals: median ratio >= 0.8, peak RSS < 2 GiB. Writes results/bench/assembly_<utc time>.json.
 """
 
 from __future__ import annotations
@@ -105,6 +106,16 @@ def copy_phase(a: Path, b: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
+def settle(a: Path, b: Path, work: Path) -> None:
+    """An untimed copy, then the page cache dropped: every timed phase follows the same work. On a
+    virtual disk, what ran before moved a phase's time 3x: a copy that followed an assembly took
+    10.7-11.4 s, one that followed a copy 3.0-4.1 s (2.4 GB parents)."""
+    drop_caches()
+    copy_phase(a, b, work / "settle")
+    shutil.rmtree(work / "settle")
+    drop_caches()
+
+
 def assemble_phase(recipe: Path, out: Path) -> tuple[float, int]:
     """(seconds, peak RSS bytes) of `harness assemble` in its own process. The peak is the process's
     VmHWM, polled: ru_maxrss would count this process's memory at the fork."""
@@ -137,6 +148,7 @@ def table(report: dict, vllm: dict | None = None) -> str:
     lines = [
         f"Speed, from one run of `python bench/assembly_bench.py` ({report['machine']['cpus']} cores, two synthetic "
         f"bf16 parents of {gb:.2f} GB, page cache dropped before each phase: {report['page_cache_dropped']}, "
+        f"{'each phase after an untimed copy, ' if report.get('settled') else ''}"
         f"{report['rounds']} rounds): copying the same bytes (parent A copied, parent B read) took "
         f"{min(report['copy_seconds'])}-{max(report['copy_seconds'])} s. Throughput is copy seconds over assembly "
         "seconds within a round, median (min-max).",
@@ -172,7 +184,7 @@ def main() -> int:
     parser.add_argument("--table", type=Path, help="print the README figures of a result JSON instead")
     parser.add_argument("--vllm", type=Path, help="with --table: a bench/assembly_vllm_load.py result JSON")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "bench" / "assembly-work")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of copy, chimera, mix")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of copy, chimera, mix")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic parents")
     args = parser.parse_args()
     if args.table is not None:
@@ -192,11 +204,11 @@ def main() -> int:
     copies: list[float] = []
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in recipes}
     for _ in range(args.rounds):  # phases alternate within a round: load from elsewhere hits each alike
-        drop_caches()
+        settle(a, b, args.work)
         copies.append(copy_phase(a, b, args.work / "copy"))
         shutil.rmtree(args.work / "copy")
         for name in recipes:
-            drop_caches()
+            settle(a, b, args.work)
             runs[name].append(assemble_phase(args.work / f"{name}.yaml", args.work / name))
             shutil.rmtree(args.work / name)
     phases = {}
@@ -220,6 +232,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "parent_bytes": sizes,
         "page_cache_dropped": cached,
+        "settled": True,  # each timed phase followed an untimed copy
         "rounds": args.rounds,
         "copy_seconds": [round(c, 2) for c in copies],
         "copy_bytes_moved": sizes[0] * 2 + sizes[1],

@@ -5,19 +5,17 @@ Per merged tensor: W = sum_i lambda_i W_i in float32 (FP8 dequantised first, req
 the distance ||A - B||_F / ((||A||_F + ||B||_F) / 2) between the base A and each other parent B with a
 lambda (the largest counts), accumulated over the chunks. A one-hot lambda copies that parent's bytes.
 Where the distance does not exceed the recipe's threshold the base's bytes are written over the tensor
-(only then is the base read twice). Memory: a few chunks of CHUNK_ELEMENTS values per parent.
+(only then is the base read twice). Tensors taken whole from a parent are copied file to file. Memory:
+the chunks read ahead (reads.AHEAD_BYTES) and a few float32 chunk buffers, whatever the parents' size.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import shutil
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +23,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness.assembly.checkpoint import DTYPES, INDEX, Checkpoint, OpenFiles, TensorInfo, fsync_dir
+from harness.assembly.checkpoint import INDEX, OpenFiles, fsync_dir
 from harness.assembly.fp8 import dequantize, quantize
-from harness.assembly.plan import FP8_NAMES, Plan, Unit, make_plan
+from harness.assembly.plan import Plan, Unit, make_plan, partial_folder
+from harness.assembly.reads import CHUNK_ELEMENTS, DTYPES, Chunk, ReadAhead, Stored, stored_of
 from harness.assembly.recipe import Recipe
 from harness.assembly.writer import Progress, ShardWriter, TensorSink
 from harness.common.atomic_files import write_whole
 from harness.common.errors import InputError
 
 SCHEMA_VERSION = 1
-CHUNK_ELEMENTS = 1 << 20  # values per parent per chunk: 4 MB in float32 (under glibc's mmap threshold: buffers are
-# reused instead of page-faulted in; 64 MB chunks made the float work 2-5x slower per byte)
-PREFETCH = 4  # chunks read ahead: smooths a disk that delivers in bursts
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 SKIPPED_FILES = {INDEX, "config.json", "assembly.json"}
 AT_LOAD = "assembled at load"  # assembly.json's `weights` of a child folder that holds no weights
@@ -59,10 +55,6 @@ class AssemblyResult:
 def _write_json(path: Path, data: Any) -> None:
     text = json.dumps(data, indent=1)
     write_whole(path, lambda sink: sink.write(text.encode("utf-8")))
-
-
-def partial_folder(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
 
 
 def assemble(
@@ -122,30 +114,15 @@ def _finished(partial: Path, shard: str) -> bool:
 def _read_bytes(plan: Plan, unit: Unit) -> int:
     if not plan.merging(unit):
         return plan.stored_bytes(unit)
-    readers = _readers(plan, unit)
-    return sum(_stored(plan.parent(p), unit).nbytes for p in readers)
+    readers = plan.readers(unit)
+    return sum(stored_of(plan.parent(p), unit).nbytes for p in readers)
 
 
-def _readers(plan: Plan, unit: Unit) -> list[str]:
-    """The base (for the distance) and every parent with a lambda on this unit's group."""
-    lambdas = plan.recipe.lambdas(unit.group)
-    return [plan.base.name, *(p for p, value in lambdas.items() if value > 0 and p != plan.base.name)]
-
-
-@dataclass(frozen=True)
-class _Stored:
-    weight: TensorInfo
-    scale: TensorInfo | None
-
-    @property
-    def nbytes(self) -> int:
-        return self.weight.nbytes + (self.scale.nbytes if self.scale else 0)
-
-
-def _stored(parent: Checkpoint, unit: Unit) -> _Stored:
-    weight = parent.tensors[unit.name]
-    scale = parent.tensors.get(unit.name + "_scale_inv") if weight.dtype in FP8_NAMES else None
-    return _Stored(weight, scale)
+def chunk_reads_of(plan: Plan, unit: Unit) -> list[str]:
+    """The parents a unit is read from chunk by chunk ([] where its bytes are copied file to file)."""
+    if plan.merging(unit):
+        return plan.readers(unit)
+    return [] if _same_layout(stored_of(plan.base, unit), unit) else [plan.base.name]
 
 
 def _build_shard(plan: Plan, index: int, partial: Path, bar: tqdm) -> int:
@@ -155,7 +132,8 @@ def _build_shard(plan: Plan, index: int, partial: Path, bar: tqdm) -> int:
     writer = ShardWriter(tmp, [(o.name, o.dtype, o.shape) for u in units for o in u.outputs])
     records: dict[str, dict[str, Any]] = {}
     read = 0
-    with Reader() as reader:  # closed after the writer: its queued copies read the parents' files
+    with Reader(plan) as reader:  # closed after the writer: its queued copies read the parents' files
+        reader.expect(plan, units)
         try:
             for unit in units:
                 unit_read, record = write_unit(plan, unit, writer, bar, reader)
@@ -169,32 +147,19 @@ def _build_shard(plan: Plan, index: int, partial: Path, bar: tqdm) -> int:
     return read
 
 
-def _chunks(plan: Plan, unit: Unit, parents: list[str]) -> Iterator[tuple[int, int]]:
-    info = plan.base.tensors[unit.name]
-    step = max(1, CHUNK_ELEMENTS // max(1, info.row_elements))
-    if any(plan.parent(p).tensors[unit.name].dtype in FP8_NAMES for p in parents):
-        step = max(plan.block[0], step // plan.block[0] * plan.block[0])  # chunks start on a block row
-    for start in range(0, info.rows, step):
-        yield start, min(info.rows, start + step)
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """Rows [start, stop) of one parent's tensor as stored (and their FP8 block-scale rows)."""
-
-    start: int
-    weight: torch.Tensor
-    scale: torch.Tensor | None
-
-
 class Reader:
-    """What a build reads with: the parents' files, opened once, and float32 work buffers kept from
-    chunk to chunk (a fresh 4 MB buffer per chunk costs a page fault per 4 KB, more than the float
-    work itself)."""
+    """What a build reads with: the parents' files, opened once, their chunks read ahead across units
+    (reads.py), and float32 work buffers kept from chunk to chunk (a fresh 4 MB buffer per chunk costs a
+    page fault per 4 KB, more than the float work itself)."""
 
-    def __init__(self) -> None:
+    def __init__(self, plan: Plan) -> None:
         self.files = OpenFiles()
+        self.ahead = ReadAhead(plan, self.files)
         self._buffers: list[torch.Tensor] = []
+
+    def expect(self, plan: Plan, units: Sequence[Unit]) -> None:
+        """The units the build writes next, in order: their chunk reads start now, ahead of the work."""
+        self.ahead.expect([(u, parents) for u in units if (parents := chunk_reads_of(plan, u))])
 
     def scratch(self, slot: int, shape: torch.Size) -> torch.Tensor:
         """Float32 work buffer `slot` as a tensor of `shape` (valid until that slot is asked for again)."""
@@ -205,13 +170,14 @@ class Reader:
             self._buffers[slot] = torch.empty(max(n, CHUNK_ELEMENTS), dtype=torch.float32)
         return self._buffers[slot][:n].view(shape)
 
-    def floats(self, slot: int, chunk: _Chunk, block: tuple[int, int]) -> torch.Tensor:
+    def floats(self, slot: int, chunk: Chunk, block: tuple[int, int]) -> torch.Tensor:
         """The chunk's values in float32, in its shape, in work buffer `slot`."""
         values = self.scratch(slot, chunk.weight.shape)
         values.copy_(chunk.weight if chunk.scale is None else dequantize(chunk.weight, chunk.scale, block))
         return values
 
     def close(self) -> None:
+        self.ahead.close()  # no read in flight before the files close
         self.files.close()
         self._buffers.clear()
 
@@ -222,14 +188,7 @@ class Reader:
         self.close()
 
 
-def _read(stored: _Stored, start: int, stop: int, block: tuple[int, int], files: OpenFiles) -> _Chunk:
-    scale = None
-    if stored.scale is not None:
-        scale = stored.scale.read_rows(start // block[0], math.ceil(stop / block[0]), files)
-    return _Chunk(start, stored.weight.read_rows(start, stop, files), scale)
-
-
-def _raw(chunk: _Chunk, block: tuple[int, int]) -> list[tuple[int, memoryview]]:
+def _raw(chunk: Chunk, block: tuple[int, int]) -> list[tuple[int, memoryview]]:
     """(byte offset in the tensor, bytes) of a chunk as stored: the weight rows and their scale rows."""
     parts = [(chunk.start * _row_bytes(chunk.weight), _bytes(chunk.weight))]
     if chunk.scale is not None:
@@ -250,7 +209,7 @@ def _encode(plan: Plan, unit: Unit, values: torch.Tensor, start: int) -> list[tu
     memory of their own (the values may sit in a work buffer that the next chunk reuses)."""
     if len(unit.outputs) == 2:  # FP8 with its block scale
         quantised, scale = quantize(values, plan.block, DTYPES[unit.outputs[1].dtype])
-        return _raw(_Chunk(start, quantised, scale), plan.block)
+        return _raw(Chunk(start, quantised, scale), plan.block)
     converted = values.to(DTYPES[unit.outputs[0].dtype], copy=True)
     return [(start * _row_bytes(converted), _bytes(converted))]
 
@@ -260,46 +219,23 @@ def _write(writer: TensorSink, unit: Unit, parts: list[tuple[int, memoryview]]) 
         writer.write(output.name, offset, data)
 
 
-def _same_layout(stored: _Stored, unit: Unit) -> bool:
+def _same_layout(stored: Stored, unit: Unit) -> bool:
     layout = [(stored.weight.dtype, stored.weight.shape)]
     if stored.scale is not None:
         layout.append((stored.scale.dtype, stored.scale.shape))
     return layout == [(o.dtype, o.shape) for o in unit.outputs]
 
 
-def _chunk_reads(plan: Plan, unit: Unit, parents: list[str], files: OpenFiles) -> Iterator[dict[str, _Chunk]]:
-    """Every parent's chunks of one tensor, read up to PREFETCH chunks ahead of the caller's work (and
-    the whole tensor asked of the disk at once: the kernel reads it in the background meanwhile)."""
-    stored = {p: _stored(plan.parent(p), unit) for p in parents}
-    for s in stored.values():
-        for tensor in (s.weight, s.scale):
-            if tensor is not None:
-                files.will_need(tensor)
-
-    def read(rows: tuple[int, int]) -> dict[str, _Chunk]:
-        return {p: _read(s, rows[0], rows[1], plan.block, files) for p, s in stored.items()}
-
-    spans = iter(_chunks(plan, unit, parents))
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = deque(pool.submit(read, rows) for rows in itertools.islice(spans, PREFETCH))
-        while pending:
-            chunks = pending.popleft().result()
-            following = next(spans, None)
-            if following is not None:
-                pending.append(pool.submit(read, following))
-            yield chunks
-
-
 def _copy(plan: Plan, parent: str, unit: Unit, writer: TensorSink, bar: Progress, reader: Reader) -> int:
     """One parent's tensor into the child: its bytes where the layouts agree (copied file to file), else
     converted chunk by chunk."""
-    stored = _stored(plan.parent(parent), unit)
+    stored = stored_of(plan.parent(parent), unit)
     if _same_layout(stored, unit):
         for output, tensor in zip(unit.outputs, (stored.weight, stored.scale), strict=False):
             assert tensor is not None  # the same layout has a scale where the output has one
             writer.copy_range(output.name, 0, reader.files.fd(tensor.file), tensor.start, tensor.nbytes)
     else:
-        for chunks in _chunk_reads(plan, unit, [parent], reader.files):
+        for chunks in reader.ahead.chunks(unit, [parent]):
             chunk = chunks[parent]
             _write(writer, unit, _encode(plan, unit, reader.floats(0, chunk, plan.block), chunk.start))
     bar.update(stored.nbytes)
@@ -311,11 +247,11 @@ def write_unit(plan: Plan, unit: Unit, writer: TensorSink, bar: Progress, reader
     record: dict[str, Any] = {"group": unit.group, "lambdas": lambdas, "distance": None, "merged": False}
     if not plan.merging(unit):
         return _copy(plan, plan.base.name, unit, writer, bar, reader), record
-    readers = _readers(plan, unit)
+    readers = plan.readers(unit)
     one_hot = next((p for p, value in lambdas.items() if value == 1.0), None)
-    raw_from = one_hot if one_hot is not None and _same_layout(_stored(plan.parent(one_hot), unit), unit) else None
+    raw_from = one_hot if one_hot is not None and _same_layout(stored_of(plan.parent(one_hot), unit), unit) else None
     sums = {p: [0.0, 0.0, 0.0] for p in readers[1:]}  # ||A - B||^2, ||A||^2, ||B||^2
-    for chunks in _chunk_reads(plan, unit, readers, reader.files):
+    for chunks in reader.ahead.chunks(unit, readers):
         values = {p: reader.floats(slot, chunks[p], plan.block) for slot, p in enumerate(readers)}
         if raw_from is not None:
             _write(writer, unit, _raw(chunks[raw_from], plan.block))
@@ -323,7 +259,7 @@ def write_unit(plan: Plan, unit: Unit, writer: TensorSink, bar: Progress, reader
             start = chunks[plan.base.name].start
             _write(writer, unit, _encode(plan, unit, _mix(values, lambdas, reader), start))
         _accumulate(sums, values, plan.base.name)  # last: it overwrites the other parents' values
-    read = sum(_stored(plan.parent(p), unit).nbytes for p in readers)
+    read = sum(stored_of(plan.parent(p), unit).nbytes for p in readers)
     bar.update(read)
     record["distance"] = max(_distance(*sums[p]) for p in sums)
     if record["distance"] > plan.recipe.threshold:

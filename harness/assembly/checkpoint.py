@@ -14,32 +14,30 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from harness.common.errors import InputError
 
 INDEX = "model.safetensors.index.json"
 
-# safetensors dtype names -> torch dtypes (the element sizes follow from torch)
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+# safetensors dtype names -> bytes per element (the torch dtypes are in reads.py: planning needs no torch)
+ITEMSIZES: dict[str, int] = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
 }
-NAMES = {v: k for k, v in DTYPES.items()}
 FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
@@ -54,7 +52,7 @@ class TensorInfo:
 
     @property
     def itemsize(self) -> int:
-        return torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+        return ITEMSIZES[self.dtype]
 
     @property
     def rows(self) -> int:
@@ -71,32 +69,28 @@ class TensorInfo:
     def row_bytes(self) -> int:
         return self.row_elements * self.itemsize
 
-    def read_rows(self, start: int, stop: int, files: OpenFiles) -> torch.Tensor:
-        """Rows [start, stop) (the first dimension), as a tensor of the stored dtype."""
-        count = (stop - start) * self.row_bytes()
-        buffer = torch.empty(count, dtype=torch.uint8)  # not zero-filled: every byte is read into
-        files.read_into(self, self.start + start * self.row_bytes(), buffer.numpy().data)
-        shape = (stop - start, *self.shape[1:]) if self.shape else ()
-        return buffer.view(DTYPES[self.dtype]).reshape(shape)
-
 
 class OpenFiles:
     """The parents' files a build reads, each opened once and read by position (threads share them)."""
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()  # reader threads open files too
 
     def fd(self, path: Path) -> int:
-        if path not in self._fds:
-            self._fds[path] = fd = os.open(path, os.O_RDONLY)
-            if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the default read-ahead
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead window
-        return self._fds[path]
+        with self._lock:
+            if path not in self._fds:
+                self._fds[path] = fd = os.open(path, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the default read-ahead
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger read-ahead window
+            return self._fds[path]
 
-    def will_need(self, tensor: TensorInfo) -> None:
-        """Ask the kernel to start reading a tensor now, in the background (its pages, not our memory)."""
+    def will_need(self, tensor: TensorInfo, start: int, stop: int) -> None:
+        """Ask the kernel to start reading rows [start, stop) of a tensor now, in the background (into its
+        page cache, not our memory)."""
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self.fd(tensor.file), tensor.start, tensor.nbytes, os.POSIX_FADV_WILLNEED)
+            row, fd = tensor.row_bytes(), self.fd(tensor.file)
+            os.posix_fadvise(fd, tensor.start + start * row, (stop - start) * row, os.POSIX_FADV_WILLNEED)
 
     def read_into(self, tensor: TensorInfo, position: int, view: memoryview) -> None:
         if not read_exactly(self.fd(tensor.file), view, position):

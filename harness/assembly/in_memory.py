@@ -24,8 +24,9 @@ from harness.assembly.build import (
     write_side_files,
     write_unit,
 )
-from harness.assembly.checkpoint import DTYPES, read_exactly
+from harness.assembly.checkpoint import read_exactly
 from harness.assembly.plan import Output, Plan, Unit, make_plan
+from harness.assembly.reads import DTYPES
 from harness.assembly.recipe import Recipe, load_recipe
 from harness.assembly.writer import itemsize
 
@@ -61,7 +62,8 @@ def unit_tensors(plan: Plan, unit: Unit, reader: Reader) -> dict[str, torch.Tens
 
 def child_tensors(plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the child, one unit at a time, in the base's storage order."""
-    with Reader() as reader:
+    with Reader(plan) as reader:
+        reader.expect(plan, plan.units)
         for unit in plan.units:
             yield from unit_tensors(plan, unit, reader).items()
 

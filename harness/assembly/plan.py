@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.assembly.checkpoint import Checkpoint, TensorInfo
+from harness.assembly.checkpoint import Checkpoint, OpenFiles, TensorInfo
 from harness.assembly.groups import GROUPS, group_of, weight_of
 from harness.assembly.recipe import Recipe
 from harness.common.errors import InputError
@@ -42,6 +42,11 @@ class Unit:
     shard: int
 
 
+def partial_folder(out: Path) -> Path:
+    """Where a child is built before it is renamed to `out`."""
+    return out.with_name(out.name + ".partial")
+
+
 @dataclass(frozen=True)
 class Plan:
     recipe: Recipe
@@ -63,6 +68,30 @@ class Plan:
 
     def shard_units(self, index: int) -> list[Unit]:
         return self._by_shard.get(index, [])
+
+    def readers(self, unit: Unit) -> list[str]:
+        """The parents a unit is read from: the base (for the distance, or as the tensor kept) and, where
+        it is merged, every parent with a lambda on its group."""
+        if not self.merging(unit):
+            return [self.base.name]
+        lambdas = self.recipe.lambdas(unit.group)
+        return [self.base.name, *(p for p, value in lambdas.items() if value > 0 and p != self.base.name)]
+
+    def start_reading(self, shards: list[int], budget: int) -> int:
+        """Ask the kernel for the first `budget` bytes the build of `shards` reads, in its order (its
+        pages, not our memory): the disk works while the build's own modules (torch) load. Returns the
+        bytes asked for."""
+        asked = 0
+        with OpenFiles() as files:
+            for unit in (u for i in shards for u in self.shard_units(i)):
+                for name in self.readers(unit):
+                    tensor = self.parent(name).tensors[unit.name]
+                    rows = min(tensor.rows, max(1, (budget - asked) // max(1, tensor.row_bytes())))
+                    files.will_need(tensor, 0, rows)
+                    asked += rows * tensor.row_bytes()
+                    if asked >= budget:
+                        return asked
+        return asked
 
     @cached_property
     def _by_shard(self) -> dict[int, list[Unit]]:

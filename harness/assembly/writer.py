@@ -18,9 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-import torch
-
-from harness.assembly.checkpoint import DTYPES
+from harness.assembly.checkpoint import ITEMSIZES
 
 
 class TensorSink(Protocol):
@@ -45,7 +43,7 @@ _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP
 
 
 def itemsize(dtype: str) -> int:
-    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+    return ITEMSIZES[dtype]
 
 
 class ShardWriter:

@@ -37,9 +37,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+WARM_START_BYTES = 512 << 20  # asked of the disk before the build's imports: about what it reads meanwhile
+
+
 def run(args: argparse.Namespace) -> int:
-    from harness.assembly.build import build, partial_folder
-    from harness.assembly.plan import make_plan
+    from harness.assembly.plan import make_plan, partial_folder
     from harness.assembly.recipe import load_recipe
     from harness.common.errors import InputError
 
@@ -60,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
         write_child_folder(plan, args.out)
         print(f"wrote {args.out}: a child assembled at load (no weights on disk); use it as any model folder")
         return 0
+    plan.start_reading(list(range(len(plan.shard_names))), WARM_START_BYTES)  # the disk starts while torch loads
+    from harness.assembly.build import build
+    from harness.assembly.process import build_process_settings
+
+    build_process_settings()  # this process only builds from here on
     result = build(plan, args.out, resume=args.resume, progress=not args.no_progress)
     kept = sum(1 for r in result.tensors.values() if r["distance"] is not None and not r["merged"])
     resumed = f", {result.resumed_shards} shard(s) kept from the interrupted build" if result.resumed_shards else ""

@@ -10,8 +10,7 @@ import pytest
 import torch
 from assembly_files import assembly, raw, tensors, write_recipe
 
-from harness.assembly import assemble, load_recipe
-from harness.assembly import build as build_module
+from harness.assembly import assemble, load_recipe, reads
 from harness.assembly.checkpoint import INDEX
 from harness.assembly.fp8 import dequantize
 
@@ -127,7 +126,7 @@ def test_row_chunks_give_the_same_child_as_whole_tensors(parents, tmp_path, monk
     a, b = parents("deepseek_v3", fp8=fp8, block=32)  # FP8 weights of several 32-row blocks
     text = f"parents: {{a: {a}, b: {b}}}\ngroups: {groups}\ndtype: {dtype}\n"
     _build(tmp_path, text, name="whole")
-    monkeypatch.setattr(build_module, "CHUNK_ELEMENTS", 7)  # a few rows per chunk (one block row for FP8)
+    monkeypatch.setattr(reads, "CHUNK_ELEMENTS", 7)  # a few rows per chunk (one block row for FP8)
     _build(tmp_path, text, name="chunked")
     whole, chunked = tensors(tmp_path / "whole"), tensors(tmp_path / "chunked")
     assert all(raw(whole[n]) == raw(chunked[n]) for n in whole)

@@ -1,0 +1,159 @@
+"""Reading the parents: each tensor in chunks of rows, the chunks of a whole shard's tensors read ahead of
+the work on reader threads, across tensor boundaries.
+
+Expert tensors are small (DeepSeek-V3: 14 MB each, 2-4 chunks): read ahead within one tensor only, the
+disk waited at every tensor's start. A build tells `ReadAhead` which tensors it will read, in order;
+their chunks are then read up to AHEAD_BYTES ahead, and the kernel is asked for each chunk (WILLNEED) as
+it is queued, so the disk works on the whole window at once. (Measured on a virtual disk, reading two
+parents' shards interleaved in 2 MB chunks: 1.5-1.8 s with the window advised, 1.2-5.9 s without,
+3.7-5.4 s with whole files advised at once.) A read the build asks for out of that order (the base
+re-read where the distance is under the threshold) is read there and then.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from harness.assembly.checkpoint import Checkpoint, OpenFiles, TensorInfo
+from harness.assembly.plan import FP8_NAMES, Plan, Unit
+
+# safetensors dtype names -> torch dtypes
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+CHUNK_ELEMENTS = 1 << 20  # values per parent per chunk: 4 MB in float32 (a chunk's float buffers are reused)
+AHEAD_BYTES = 64 << 20  # bytes of chunks read ahead of the work (their buffers are the memory this holds)
+READERS = 2  # reader threads: two requests in flight keep a disk that delivers in bursts busy
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One parent's tensor of a unit as stored, with its FP8 block scale where it has one."""
+
+    weight: TensorInfo
+    scale: TensorInfo | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes + (self.scale.nbytes if self.scale else 0)
+
+
+def stored_of(parent: Checkpoint, unit: Unit) -> Stored:
+    weight = parent.tensors[unit.name]
+    scale = parent.tensors.get(unit.name + "_scale_inv") if weight.dtype in FP8_NAMES else None
+    return Stored(weight, scale)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows [start, stop) of one parent's tensor as stored (and their FP8 block-scale rows)."""
+
+    start: int
+    weight: torch.Tensor
+    scale: torch.Tensor | None
+
+
+def row_spans(plan: Plan, unit: Unit, parents: Sequence[str]) -> Iterator[tuple[int, int]]:
+    """The [start, stop) row ranges a unit is read in (on FP8 block rows where a parent is FP8)."""
+    info = plan.base.tensors[unit.name]
+    step = max(1, CHUNK_ELEMENTS // max(1, info.row_elements))
+    if any(plan.parent(p).tensors[unit.name].dtype in FP8_NAMES for p in parents):
+        step = max(plan.block[0], step // plan.block[0] * plan.block[0])  # chunks start on a block row
+    for start in range(0, info.rows, step):
+        yield start, min(info.rows, start + step)
+
+
+def read_rows(tensor: TensorInfo, start: int, stop: int, files: OpenFiles) -> torch.Tensor:
+    """Rows [start, stop) (the first dimension) of a stored tensor, in its dtype."""
+    buffer = torch.empty((stop - start) * tensor.row_bytes(), dtype=torch.uint8)  # every byte is read into
+    files.read_into(tensor, tensor.start + start * tensor.row_bytes(), buffer.numpy().data)
+    shape = (stop - start, *tensor.shape[1:]) if tensor.shape else ()
+    return buffer.view(DTYPES[tensor.dtype]).reshape(shape)
+
+
+def read_chunk(stored: Stored, rows: tuple[int, int], block: tuple[int, int], files: OpenFiles) -> Chunk:
+    start, stop = rows
+    scale = None
+    if stored.scale is not None:
+        scale = read_rows(stored.scale, start // block[0], math.ceil(stop / block[0]), files)
+    return Chunk(start, read_rows(stored.weight, start, stop, files), scale)
+
+
+@dataclass(frozen=True)
+class _Read:
+    unit: str
+    parents: tuple[str, ...]
+    rows: tuple[int, int]
+
+
+class ReadAhead:
+    """The chunks of the units a build will read, in its order, read ahead on reader threads."""
+
+    def __init__(self, plan: Plan, files: OpenFiles) -> None:
+        self.plan = plan
+        self.files = files
+        self._pool = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="assembly read")
+        self._planned: Iterator[tuple[_Read, dict[str, Stored], int]] = iter(())
+        self._pending: deque[tuple[_Read, Future[dict[str, Chunk]], int]] = deque()
+        self._queued = 0  # bytes read or being read, not yet taken
+
+    def expect(self, reads: Sequence[tuple[Unit, Sequence[str]]]) -> None:
+        """The units (with the parents each is read from) the build reads next, in order."""
+        self._planned = self._plan(reads)
+        self._fill()
+
+    def chunks(self, unit: Unit, parents: Sequence[str]) -> Iterator[dict[str, Chunk]]:
+        """Every parent's chunks of one unit, in row order: read ahead where expected, else here."""
+        stored = {p: stored_of(self.plan.parent(p), unit) for p in parents}
+        for rows in row_spans(self.plan, unit, parents):
+            read = _Read(unit.name, tuple(parents), rows)
+            if self._pending and self._pending[0][0] == read:
+                _, future, nbytes = self._pending.popleft()
+                self._queued -= nbytes
+                self._fill()
+                yield future.result()
+            else:
+                yield self._read(stored, rows)
+
+    def close(self) -> None:
+        self._planned = iter(())
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+    def _plan(self, reads: Sequence[tuple[Unit, Sequence[str]]]) -> Iterator[tuple[_Read, dict[str, Stored], int]]:
+        for unit, parents in reads:
+            stored = {p: stored_of(self.plan.parent(p), unit) for p in parents}
+            for rows in row_spans(self.plan, unit, parents):
+                nbytes = sum(s.weight.row_bytes() * (rows[1] - rows[0]) for s in stored.values())
+                yield _Read(unit.name, tuple(parents), rows), stored, nbytes
+
+    def _fill(self) -> None:
+        while self._queued < AHEAD_BYTES:
+            planned = next(self._planned, None)
+            if planned is None:
+                return
+            read, stored, nbytes = planned
+            for s in stored.values():  # the kernel reads the queue's far end in the background meanwhile
+                self.files.will_need(s.weight, *read.rows)
+            self._pending.append((read, self._pool.submit(self._read, stored, read.rows), nbytes))
+            self._queued += nbytes
+
+    def _read(self, stored: dict[str, Stored], rows: tuple[int, int]) -> dict[str, Chunk]:
+        return {p: read_chunk(s, rows, self.plan.block, self.files) for p, s in stored.items()}
