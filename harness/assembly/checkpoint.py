@@ -88,7 +88,7 @@ class OpenFiles:
     def will_need(self, tensor: TensorInfo, start: int, stop: int) -> None:
         """Ask the kernel to start reading rows [start, stop) of a tensor now, in the background (into its
         page cache, not our memory)."""
-        if hasattr(os, "posix_fadvise"):
+        if hasattr(os, "posix_fadvise") and stop > start:  # (a length of 0 would mean: to the file's end)
             row, fd = tensor.row_bytes(), self.fd(tensor.file)
             os.posix_fadvise(fd, tensor.start + start * row, (stop - start) * row, os.POSIX_FADV_WILLNEED)
 
