@@ -105,11 +105,26 @@ class Replica:
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
         """POST JSON, the answer's JSON. Refused, reset, timed out, 5xx or no JSON: ReplicaError; 4xx:
-        MoteVLLMError with the server's message (a bad request fails on every replica alike). Never sent
-        twice: a request is re-sent (elsewhere, under a new record key) by the caller."""
-        conn = self._connection(timeout_s or self.timeout_s)
+        MoteVLLMError with the server's message (a bad request fails on every replica alike). Never
+        processed twice: a request that may have reached the server is re-sent (elsewhere, under a new
+        record key) by the caller; only one whose send failed on a kept-alive connection the server had
+        closed goes out again here, on a new connection."""
+        timeout = timeout_s or self.timeout_s
+        conn = self._connection(timeout)
+        data = json.dumps(body).encode()
         try:
-            conn.request("POST", self._prefix + path, body=json.dumps(body).encode(), headers=self._headers)
+            try:
+                reused = conn.sock is not None
+                conn.request("POST", self._prefix + path, body=data, headers=self._headers)
+            except (BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # the server had closed this kept-alive connection before the request could reach it
+                # (the send itself failed): nothing was processed, so it goes out once more, afresh
+                conn.close()
+                self._local.conn = None
+                conn = self._connection(timeout)
+                conn.request("POST", self._prefix + path, body=data, headers=self._headers)
             response = conn.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException) as err:

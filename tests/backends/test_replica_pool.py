@@ -114,3 +114,67 @@ def test_a_probe_that_gets_an_odd_answer_leaves_the_replica_down(monkeypatch):
     statuses[b.url] = KeyError("results")  # a 200 without the RPC's results
     assert pool.acquire().url == URLS[0]
     assert not b.alive and not b.probing and "probe" in b.last_error
+
+
+class _ResettingServer:
+    """A real HTTP/1.1 server on 127.0.0.1 that answers each request on a kept-alive connection, then
+    resets the connection after `answers_per_connection` answers (SO_LINGER 0: an RST, as a server
+    closing an idle connection under load can), and counts the requests it read."""
+
+    def __init__(self, answers_per_connection: int) -> None:
+        import socket
+        import threading
+
+        self.per_connection = answers_per_connection
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                reader = conn.makefile("rb")
+                for _ in range(self.per_connection):
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = reader.readline()
+                        if not line:
+                            break
+                        head += line
+                    if not head:
+                        break
+                    fields = dict(h.split(b":", 1) for h in head.split(b"\r\n")[1:] if b":" in h)
+                    length = int({k.lower(): v for k, v in fields.items()}[b"content-length"])
+                    reader.read(length)
+                    self.requests += 1
+                    body = b'{"results": ["ok"]}'
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+                reader.close()  # else the file keeps the socket open past `with`
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_kept_alive_connection_the_server_reset_is_replaced_and_the_request_read_once():
+    import time
+
+    server = _ResettingServer(answers_per_connection=1)
+    try:
+        replica = Replica(server.url, "key", timeout_s=5)
+        assert replica.rpc("mote_status") == ["ok"]
+        time.sleep(0.3)  # the reset reaches us; the connection is still within its reuse window
+        body = {"method": "mote_status", "args": ["x" * 200_000]}  # sent in several writes
+        assert replica.post("/collective_rpc", body)["results"] == ["ok"]
+        assert server.requests == 2  # each request read once: the failed send reached no one
+    finally:
+        server.close()
