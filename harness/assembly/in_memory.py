@@ -24,11 +24,10 @@ from harness.assembly.build import (
     write_side_files,
     write_unit,
 )
-from harness.assembly.checkpoint import read_exactly
+from harness.assembly.checkpoint import ITEMSIZES, read_exactly
 from harness.assembly.plan import Output, Plan, Unit, make_plan
 from harness.assembly.reads import DTYPES
 from harness.assembly.recipe import Recipe, load_recipe
-from harness.assembly.writer import itemsize
 
 
 class MemoryWriter:
@@ -36,7 +35,7 @@ class MemoryWriter:
 
     def __init__(self, outputs: Sequence[Output]) -> None:
         self.outputs = outputs
-        self.buffers = {o.name: bytearray(math.prod(o.shape) * itemsize(o.dtype)) for o in outputs}
+        self.buffers = {o.name: bytearray(math.prod(o.shape) * ITEMSIZES[o.dtype]) for o in outputs}
 
     def write(self, name: str, offset: int, data: bytes | memoryview) -> None:
         self.buffers[name][offset : offset + len(data)] = data

@@ -42,17 +42,13 @@ COPY_PIECE = 64 << 20  # bytes per copy_file_range call (a copy is queued whole;
 _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
 
 
-def itemsize(dtype: str) -> int:
-    return ITEMSIZES[dtype]
-
-
 class ShardWriter:
     def __init__(self, path: Path, tensors: Sequence[tuple[str, str, tuple[int, ...]]]) -> None:
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         self.starts: dict[str, int] = {}
         cursor = 0
         for name, dtype, shape in tensors:
-            size = math.prod(shape) * itemsize(dtype)
+            size = math.prod(shape) * ITEMSIZES[dtype]
             header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [cursor, cursor + size]}
             self.starts[name] = cursor
             cursor += size
