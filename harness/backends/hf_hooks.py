@@ -29,10 +29,10 @@ from harness.mote.intervention import Intervention
 from harness.mote.routing import (
     LayerTables,
     build_layer_tables,
-    drop_after_topk,
-    edit_selection_scores,
     expand_rows,
-    force_lift,
+    keep_table,
+    rescale_kept,
+    selection_lift,
 )
 
 _SELECTION_FUNCS: dict[str, tuple[Callable[..., Any], ...]] = {
@@ -41,58 +41,89 @@ _SELECTION_FUNCS: dict[str, tuple[Callable[..., Any], ...]] = {
 }
 
 
-class ForceLifts:
-    """One layer's force table [rows, E] as `force_lift`s, one per score dtype its router selects in,
-    each made once per configured call: forcing is then one add per selection call."""
+class SelectionLifts:
+    """One layer's selection edit (mask, stimulate) as `selection_lift` tables [rows, E], one per score
+    dtype its router selects in, each made once per configured call: the edit of a selection call is
+    then one add (at batch 1 every op of a hook is a few microseconds of a decode step)."""
 
-    __slots__ = ("_lifts", "force")
+    __slots__ = ("_lifts", "block", "force")
 
-    def __init__(self, force: torch.Tensor) -> None:
+    def __init__(self, block: torch.Tensor | None, force: torch.Tensor | None) -> None:
+        self.block = block
         self.force = force
         self._lifts: dict[torch.dtype, torch.Tensor] = {}
 
     def for_scores(self, scores: torch.Tensor, n_tokens: int) -> torch.Tensor:
         lift = self._lifts.get(scores.dtype)
         if lift is None:
-            lift = self._lifts[scores.dtype] = force_lift(self.force, scores.dtype)
+            lift = self._lifts[scores.dtype] = selection_lift(self.block, self.force, scores.dtype)
         return expand_rows(lift, n_tokens)
 
 
+# selected slots of at most this many are tested for a dropped expert on the host (CPU tensors only)
+HOST_TEST_SLOTS = 64
+
+
+class LayerDrop:
+    """One layer's drop for one configured call: the drop table as float factors (`keep_table`) and,
+    where the call has one row on the CPU, that row's dropped experts as a set. A decode step's few
+    selected experts are tested against the set on the host: no selected expert dropped (the common
+    case) then costs no tensor op, where the test on tensors (a gather, an any) costs two, each a
+    few microseconds in a forward pass."""
+
+    __slots__ = ("dropped_experts", "keep", "on_cpu")
+
+    def __init__(self, drop: torch.Tensor) -> None:
+        self.keep = keep_table(drop)
+        self.on_cpu = drop.device.type == "cpu"
+        single = self.on_cpu and drop.shape[0] == 1
+        self.dropped_experts = frozenset(drop[0].nonzero().flatten().tolist()) if single else None
+
+    def apply(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weights with dropped slots zeroed and the rest rescaled, each slot's factor [T, k]: 1.0
+        kept, 0.0 dropped), or (`weights` itself, None) where no selected slot is dropped."""
+        if self.dropped_experts is not None and ids.numel() <= HOST_TEST_SLOTS:
+            selected = ids.tolist()
+            if all(self.dropped_experts.isdisjoint(token) for token in selected):
+                return weights, None
+        slots = expand_rows(self.keep, ids.shape[0]).gather(1, ids if ids.dtype == torch.int64 else ids.long())
+        # on an accelerator the test would wait for the device (a host sync per layer): it runs on CPU only
+        if self.on_cpu and self.dropped_experts is None and bool(slots.all()):
+            return weights, None
+        w = weights if weights.dtype == torch.float32 else weights.float()
+        return rescale_kept(weights, w * slots), slots
+
+
 class SelectionEdit:
-    """The edit of one router call: its tables for `n_tokens` tokens of `n_experts` experts, applied to
+    """The edit of one router call: its lifts for `n_tokens` tokens of `n_experts` experts, applied to
     each selection call handed to `apply`, and how many calls it edited."""
 
-    __slots__ = ("block", "calls", "edited", "force", "n_experts", "n_tokens")
+    __slots__ = ("calls", "edited", "lifts", "n_experts", "n_tokens")
 
-    def __init__(self, block: torch.Tensor | None, force: ForceLifts | None, n_tokens: int, n_experts: int) -> None:
-        self.block = block
-        self.force = force
+    def __init__(self, lifts: SelectionLifts, n_tokens: int, n_experts: int) -> None:
+        self.lifts = lifts
         self.n_tokens = n_tokens
         self.n_experts = n_experts
         self.edited = 0  # selection calls over [tokens, n_experts] that got the edit
         self.calls = 0  # every call that got it, grouped views included
 
     def apply(self, func: Callable[..., Any], op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+        scores = args[0] if args else None
+        if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
             return func(*args, **kwargs)
-        scores: torch.Tensor = args[0]
         dim = _reduction_dim(op, args, kwargs)
-        if dim is None or dim % scores.dim() != scores.dim() - 1 or scores.shape[0] != self.n_tokens:
+        shape = scores.shape
+        if dim is None or dim % len(shape) != len(shape) - 1 or shape[0] != self.n_tokens:
             return func(*args, **kwargs)
-        force = None if self.force is None else self.force.for_scores(scores, self.n_tokens)
-        if scores.dim() == 2 and scores.shape[1] == self.n_experts:
-            edited = edit_selection_scores(scores, self.block, force)
-            _, indices = func(edited, *args[1:], **kwargs)
+        if len(shape) == 2 and shape[1] == self.n_experts:
+            _, indices = func(scores + self.lifts.for_scores(scores, self.n_tokens), *args[1:], **kwargs)
             self.edited += 1
             self.calls += 1
-            original = scores.gather(-1, indices)
-            return _same_return_type(op, original, indices)
-        if scores.dim() == 3 and scores.shape[1] * scores.shape[2] == self.n_experts:
-            shape = scores.shape
-            block = None if self.block is None else self.block.reshape(shape)
-            force = None if force is None else force.reshape(shape)
+            return _same_return_type(op, scores.gather(-1, indices), indices)
+        if len(shape) == 3 and shape[1] * shape[2] == self.n_experts:
             self.calls += 1
-            return func(edit_selection_scores(scores, block, force), *args[1:], **kwargs)
+            lift = self.lifts.for_scores(scores, self.n_tokens).reshape(shape)
+            return func(scores + lift, *args[1:], **kwargs)
         return func(*args, **kwargs)
 
 
@@ -139,7 +170,9 @@ class _TorchWithEdits(ModuleType):
         return call
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
+        value = getattr(torch, name)
+        setattr(self, name, value)  # found in the instance from now on: no Python call per lookup
+        return value
 
 
 class _FastSelection:
@@ -167,7 +200,7 @@ class _FastSelection:
     def decide(self, expected: Any, done: SelectionEdit, *args: Any, **kwargs: Any) -> None:
         """Run the call the mode just made (`expected`, its edit `done`) this way too; use this way from
         now on only if it gave the same outputs and edited the same calls. Anything odd: the mode stays."""
-        trial = SelectionEdit(done.block, done.force, done.n_tokens, done.n_experts)
+        trial = SelectionEdit(done.lifts, done.n_tokens, done.n_experts)
         try:
             same = _same_outputs(self.run(trial, *args, **kwargs), expected)
         except Exception:  # the copy cannot run as the original does (a decorator, a missing global)
@@ -332,7 +365,8 @@ class RoutingController:
         self.blocks = list(blocks)
         self.n_experts = {b.layer: b.n_experts for b in self.blocks}
         self.tables: dict[int, LayerTables] = {}
-        self.lifts: dict[int, ForceLifts] = {}
+        self.lifts: dict[int, SelectionLifts] = {}
+        self.drops: dict[int, LayerDrop] = {}
         self.n_rows = 1
         self.recording = False
         self.steps: list[StepCapture] = []
@@ -347,7 +381,8 @@ class RoutingController:
     # -- configuration per generate() call -------------------------------------------------------
     def configure(self, interventions: Sequence[Intervention], record: bool, device: torch.device) -> None:
         self.tables = build_layer_tables(interventions, self.n_experts, device)
-        self.lifts = {layer: ForceLifts(t.force) for layer, t in self.tables.items() if t.force is not None}
+        self.lifts = {layer: SelectionLifts(t.block, t.force) for layer, t in self.tables.items() if t.edits_selection}
+        self.drops = {layer: LayerDrop(t.drop) for layer, t in self.tables.items() if t.drop is not None}
         self.n_rows = len(interventions)
         self.recording = record
         self.steps = []
@@ -357,6 +392,7 @@ class RoutingController:
     def reset(self) -> None:
         self.tables = {}
         self.lifts = {}
+        self.drops = {}
         self.n_rows = 1
         self.recording = False
         self.steps = []
@@ -411,10 +447,9 @@ class RoutingController:
         self._fast[block.layer] = fast
 
         def routed_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            tables = controller.tables[block.layer]  # installed (`_arm`) only while they edit this layer's selection
             n_tokens = hidden_states.numel() // hidden_states.shape[-1]
-            block_t = None if tables.block is None else expand_rows(tables.block, n_tokens)
-            edit = SelectionEdit(block_t, controller.lifts.get(block.layer), n_tokens, block.n_experts)
+            # installed (`_arm`) only while they edit this layer's selection
+            edit = SelectionEdit(controller.lifts[block.layer], n_tokens, block.n_experts)
             if fast is not None and fast.verdict:
                 out = fast.run(edit, hidden_states, *args, **kwargs)
             else:
@@ -439,23 +474,22 @@ class RoutingController:
         the routing on the way."""
 
         def edit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            values = list(args) + [kwargs[n] for n in names[len(args) :]]
-            hidden, ids, weights = values[0], values[1], values[2]
-            tables = self.tables.get(layer)
-            dropped = None
-            changed = False
-            if tables is not None and tables.drop is not None:
-                drop = expand_rows(tables.drop, ids.shape[0])
-                new_weights, dropped = drop_after_topk(ids, weights, drop)
-                changed = new_weights is not weights
-                weights = new_weights
+            if len(args) >= 3:
+                hidden, ids, weights = args[0], args[1], args[2]
+            else:
+                values = [*args, *(kwargs[n] for n in names[len(args) :])]
+                hidden, ids, weights = values[0], values[1], values[2]
+            drop = self.drops.get(layer)
+            slots = None
+            if drop is not None:
+                weights, slots = drop.apply(ids, weights)
             if self.recording and self._current is not None:
-                recorded = ids if dropped is None else ids.masked_fill(dropped, -1)
+                recorded = ids if slots is None else ids.masked_fill(slots == 0, -1)
                 self._current.layers[layer] = (  # copies on the device: no host sync here
                     recorded.detach().to(torch.int32, copy=True),
                     weights.detach().to(torch.float32, copy=True),
                 )
-            if not changed:
+            if slots is None:
                 return None
             if len(args) >= 3:
                 return (hidden, ids, weights, *args[3:]), kwargs

@@ -70,6 +70,8 @@ def expand_rows(table: torch.Tensor, n_tokens: int) -> torch.Tensor:
     rows = table.shape[0]
     if rows == n_tokens:
         return table
+    if rows == 1:
+        return table.expand(n_tokens, -1)  # a view: no copy
     if n_tokens % rows:
         raise ValueError(f"{n_tokens} tokens cannot be split evenly over {rows} rows")
     return table.repeat_interleave(n_tokens // rows, dim=0)
@@ -107,8 +109,24 @@ def edit_selection_scores(scores: torch.Tensor, block: torch.Tensor | None, forc
 def force_lift(force: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A bool force table as `edit_selection_scores` adds it: `dtype`'s largest finite value where
     forced, 0 elsewhere."""
-    lift = torch.zeros(force.shape, dtype=dtype, device=force.device)
-    return lift.masked_fill_(force, torch.finfo(dtype).max)
+    return selection_lift(None, force, dtype)
+
+
+def selection_lift(block: torch.Tensor | None, force: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Both selection edits as one table to add to the scores: -inf where blocked, `dtype`'s largest
+    finite value where forced, 0 elsewhere. For the scores routers produce (finite, or -inf where the
+    family's own code excluded an expert), `scores + lift` equals `edit_selection_scores(scores, block,
+    force)` bit for bit, in one op; a score of +inf or NaN, which no router produces, would not be
+    blocked by it."""
+    like = block if block is not None else force
+    if like is None:
+        raise ValueError("a selection lift needs a block or a force table")
+    lift = torch.zeros(like.shape, dtype=dtype, device=like.device)
+    if force is not None:
+        lift.masked_fill_(force, torch.finfo(dtype).max)
+    if block is not None:
+        lift.masked_fill_(block, float("-inf"))
+    return lift
 
 
 def drop_after_topk(
@@ -125,10 +143,24 @@ def drop_after_topk(
     # (a host sync per layer), which costs more than the few kernels it saves
     if dropped.device.type == "cpu" and not bool(dropped.any()):
         return topk_weights, dropped
-    # 6 small ops (a decode step at batch 1 is host-bound: every op is a launch): a token with no dropped
-    # slot gets scale x / x = 1.0 exactly, so its weights come back bit for bit; one with every slot
-    # dropped gets 0 * inf = nan, zeroed
-    w = topk_weights.float()
-    kept = w.masked_fill(dropped, 0.0)
-    scale = w.sum(dim=-1, keepdim=True).div_(kept.sum(dim=-1, keepdim=True))  # in place: fresh tensors
-    return kept.mul_(scale).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).to(topk_weights.dtype), dropped
+    w = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.float()
+    return rescale_kept(topk_weights, w.masked_fill(dropped, 0.0)), dropped
+
+
+def keep_table(drop: torch.Tensor) -> torch.Tensor:
+    """A bool drop table as float32 factors: 0.0 where dropped, 1.0 elsewhere (`keep.gather(1, ids)`
+    then gives each selected slot its factor, and one multiply zeroes the dropped ones)."""
+    return torch.logical_not(drop).to(torch.float32)
+
+
+def rescale_kept(topk_weights: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """`kept` (the selected weights in float32, dropped slots zeroed, a fresh tensor: it is scaled in
+    place) rescaled to each token's original weight sum, in `topk_weights`' dtype.
+
+    Four small ops (a decode step at batch 1 is host-bound: every op is a launch). A token with no
+    dropped slot gets the factor s / s = 1.0 exactly, so its weights come back bit for bit; one with
+    every slot dropped gets s / 0, set to 0 (as is a factor that is not a number)."""
+    w = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.float()
+    factor = w.sum(dim=-1, keepdim=True).div_(kept.sum(dim=-1, keepdim=True))
+    factor.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return kept.mul_(factor).to(topk_weights.dtype)

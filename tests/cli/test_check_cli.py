@@ -27,14 +27,12 @@ def test_check_passes_every_contract_check_on_a_real_architecture(tiny_model_dir
 
 def test_check_fails_when_a_hook_breaks_the_contract(tiny_model_dir, capsys, monkeypatch):
     """A drop that keeps the dropped experts' weights (the hook's edit undone) must be caught."""
-    import torch
-
     from harness.backends import hf_hooks
 
-    def keep_everything(ids, weights, drop):
-        return weights, torch.zeros_like(ids, dtype=torch.bool)
+    def keep_everything(weights, kept):
+        return weights
 
-    monkeypatch.setattr(hf_hooks, "drop_after_topk", keep_everything)
+    monkeypatch.setattr(hf_hooks, "rescale_kept", keep_everything)
     assert main(["check", str(tiny_model_dir("qwen3_moe"))]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "passed, 0 failed" not in out

@@ -11,6 +11,9 @@ from harness.mote.routing import (
     edit_selection_scores,
     expand_rows,
     force_lift,
+    keep_table,
+    rescale_kept,
+    selection_lift,
 )
 
 INF = float("inf")
@@ -69,6 +72,38 @@ def test_drop_zeroes_dropped_weights_and_rescales_rest_to_original_sum():
     assert torch.allclose(new.sum(-1), weights.sum(-1))
     assert new[0, 1] == 0 and new[2, 0] == 0
     assert torch.equal(new[1], weights[1])  # untouched token keeps its weights bit for bit
+
+
+def test_one_add_of_the_selection_lift_is_the_selection_edit_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        scores = torch.randn(6, 8, generator=generator).to(dtype)
+        scores[0, 5] = -INF  # an expert the family's own code excluded
+        scores[1, 2] = -0.0
+        block = torch.rand(6, 8, generator=generator) < 0.25
+        force = ~block & (torch.rand(6, 8, generator=generator) < 0.2)
+        force[0, 5] = True  # forcing an excluded expert leaves it excluded
+        for b, f in ((block, None), (None, force), (block, force)):
+            expected = edit_selection_scores(scores, b, f)
+            got = scores + selection_lift(b, f, dtype)
+            assert got.dtype == dtype
+            assert torch.equal(got, expected), (dtype, b is None, f is None)
+            assert torch.equal(torch.topk(got, 3).indices, torch.topk(expected, 3).indices)
+
+
+def test_rescale_of_kept_weights_matches_the_drop_for_every_weight_dtype():
+    ids = torch.tensor([[0, 2], [1, 3], [2, 0], [2, 2]])
+    drop = torch.zeros(4, 4, dtype=torch.bool)
+    drop[:, 2] = True
+    for dtype in (torch.float32, torch.bfloat16):
+        weights = (torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.5, 0.5], [0.5, 0.5]]) * 2.5).to(dtype)
+        expected, dropped = drop_after_topk(ids, weights, drop)
+        slots = keep_table(drop).gather(1, ids)
+        got = rescale_kept(weights, weights.float() * slots)
+        assert got.dtype == dtype and torch.equal(got, expected)
+        assert torch.equal(slots == 0, dropped)
+        assert got[3].tolist() == [0.0, 0.0]  # every slot dropped: no weight, no NaN
+        assert torch.equal(got[1], weights[1])
 
 
 def test_drop_of_every_selected_expert_leaves_zero_weight():
