@@ -82,16 +82,18 @@ class LayerDrop:
     def apply(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weights with dropped slots zeroed and the rest rescaled, each slot's factor [T, k]: 1.0
         kept, 0.0 dropped), or (`weights` itself, None) where no selected slot is dropped."""
+        every_slot_dropped = True  # possibly, for some token: the factor's guard runs
         if self.dropped_experts is not None and ids.numel() <= HOST_TEST_SLOTS:
             selected = ids.tolist()
             if all(self.dropped_experts.isdisjoint(token) for token in selected):
                 return weights, None
+            every_slot_dropped = any(self.dropped_experts.issuperset(token) for token in selected)
         slots = expand_rows(self.keep, ids.shape[0]).gather(1, ids if ids.dtype == torch.int64 else ids.long())
         # on an accelerator the test would wait for the device (a host sync per layer): it runs on CPU only
         if self.on_cpu and self.dropped_experts is None and bool(slots.all()):
             return weights, None
         w = weights if weights.dtype == torch.float32 else weights.float()
-        return rescale_kept(weights, w * slots), slots
+        return rescale_kept(weights, w * slots, every_slot_dropped), slots
 
 
 class SelectionEdit:

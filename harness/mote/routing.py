@@ -153,14 +153,16 @@ def keep_table(drop: torch.Tensor) -> torch.Tensor:
     return torch.logical_not(drop).to(torch.float32)
 
 
-def rescale_kept(topk_weights: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+def rescale_kept(topk_weights: torch.Tensor, kept: torch.Tensor, every_slot_dropped: bool = True) -> torch.Tensor:
     """`kept` (the selected weights in float32, dropped slots zeroed, a fresh tensor: it is scaled in
     place) rescaled to each token's original weight sum, in `topk_weights`' dtype.
 
-    Four small ops (a decode step at batch 1 is host-bound: every op is a launch). A token with no
+    Five small ops (a decode step at batch 1 is host-bound: every op is a launch). A token with no
     dropped slot gets the factor s / s = 1.0 exactly, so its weights come back bit for bit; one with
-    every slot dropped gets s / 0, set to 0 (as is a factor that is not a number)."""
+    every slot dropped gets s / 0, set to 0 (as is a factor that is not a number). A caller that knows
+    no token had `every_slot_dropped` (and no weight is infinite or NaN) skips that guard."""
     w = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.float()
     factor = w.sum(dim=-1, keepdim=True).div_(kept.sum(dim=-1, keepdim=True))
-    factor.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    if every_slot_dropped:
+        factor.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return kept.mul_(factor).to(topk_weights.dtype)

@@ -49,3 +49,13 @@ def test_rows_of_a_batch_drop_their_own_experts():
     got, slots = LayerDrop(drop).apply(ids, weights)
     assert slots is not None
     assert got.tolist() == [[0.0, 0.75], [0.75, 0.0]]
+
+
+def test_a_token_whose_every_selected_expert_is_dropped_gets_no_weight_on_both_paths():
+    drop = torch.zeros(1, 8, dtype=torch.bool)
+    drop[0, [1, 6]] = True
+    layer = LayerDrop(drop)
+    for tokens in (1, HOST_TEST_SLOTS):  # host test, tensor path
+        ids = torch.tensor([[1, 6]] * tokens)
+        got, slots = layer.apply(ids, torch.full((tokens, 2), 0.5))
+        assert slots is not None and got.abs().sum() == 0 and not got.isnan().any()
