@@ -171,7 +171,10 @@ class Reader:
         return self._buffers[slot][:n].view(shape)
 
     def floats(self, slot: int, chunk: Chunk, block: tuple[int, int]) -> torch.Tensor:
-        """The chunk's values in float32, in its shape, in work buffer `slot`."""
+        """The chunk's values in float32, in its shape: the reader's, else made in work buffer `slot`.
+        The caller may change them in place."""
+        if chunk.values is not None:
+            return chunk.values
         values = self.scratch(slot, chunk.weight.shape)
         values.copy_(chunk.weight if chunk.scale is None else dequantize(chunk.weight, chunk.scale, block))
         return values
