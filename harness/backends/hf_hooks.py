@@ -93,7 +93,7 @@ class LayerDrop:
         if self.on_cpu and self.dropped_experts is None and bool(slots.all()):
             return weights, None
         w = weights if weights.dtype == torch.float32 else weights.float()
-        return rescale_kept(weights, w * slots, every_slot_dropped), slots
+        return rescale_kept(w, w * slots, weights.dtype, every_slot_dropped), slots
 
 
 class SelectionEdit:

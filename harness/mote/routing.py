@@ -144,7 +144,7 @@ def drop_after_topk(
     if dropped.device.type == "cpu" and not bool(dropped.any()):
         return topk_weights, dropped
     w = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.float()
-    return rescale_kept(topk_weights, w.masked_fill(dropped, 0.0)), dropped
+    return rescale_kept(w, w.masked_fill(dropped, 0.0), topk_weights.dtype), dropped
 
 
 def keep_table(drop: torch.Tensor) -> torch.Tensor:
@@ -153,16 +153,17 @@ def keep_table(drop: torch.Tensor) -> torch.Tensor:
     return torch.logical_not(drop).to(torch.float32)
 
 
-def rescale_kept(topk_weights: torch.Tensor, kept: torch.Tensor, every_slot_dropped: bool = True) -> torch.Tensor:
-    """`kept` (the selected weights in float32, dropped slots zeroed, a fresh tensor: it is scaled in
-    place) rescaled to each token's original weight sum, in `topk_weights`' dtype.
+def rescale_kept(
+    weights: torch.Tensor, kept: torch.Tensor, dtype: torch.dtype, every_slot_dropped: bool = True
+) -> torch.Tensor:
+    """`kept` (the selected `weights`, both float32, with dropped slots zeroed; a fresh tensor: it is
+    scaled in place) rescaled to each token's original weight sum, in `dtype`.
 
-    Five small ops (a decode step at batch 1 is host-bound: every op is a launch). A token with no
+    A few small ops (a decode step at batch 1 is host-bound: every op is a launch). A token with no
     dropped slot gets the factor s / s = 1.0 exactly, so its weights come back bit for bit; one with
     every slot dropped gets s / 0, set to 0 (as is a factor that is not a number). A caller that knows
     no token had `every_slot_dropped` (and no weight is infinite or NaN) skips that guard."""
-    w = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.float()
-    factor = w.sum(dim=-1, keepdim=True).div_(kept.sum(dim=-1, keepdim=True))
+    factor = weights.sum(dim=-1, keepdim=True).div_(kept.sum(dim=-1, keepdim=True))
     if every_slot_dropped:
         factor.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    return kept.mul_(factor).to(topk_weights.dtype)
+    return kept.mul_(factor).to(dtype)

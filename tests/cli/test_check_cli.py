@@ -29,8 +29,8 @@ def test_check_fails_when_a_hook_breaks_the_contract(tiny_model_dir, capsys, mon
     """A drop that keeps the dropped experts' weights (the hook's edit undone) must be caught."""
     from harness.backends import hf_hooks
 
-    def keep_everything(weights, kept):
-        return weights
+    def keep_everything(weights, kept, dtype, *guard):
+        return weights.to(dtype)
 
     monkeypatch.setattr(hf_hooks, "rescale_kept", keep_everything)
     assert main(["check", str(tiny_model_dir("qwen3_moe"))]) == 1

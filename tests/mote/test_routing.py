@@ -99,7 +99,7 @@ def test_rescale_of_kept_weights_matches_the_drop_for_every_weight_dtype():
         weights = (torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.5, 0.5], [0.5, 0.5]]) * 2.5).to(dtype)
         expected, dropped = drop_after_topk(ids, weights, drop)
         slots = keep_table(drop).gather(1, ids)
-        got = rescale_kept(weights, weights.float() * slots)
+        got = rescale_kept(weights.float(), weights.float() * slots, dtype)
         assert got.dtype == dtype and torch.equal(got, expected)
         assert torch.equal(slots == 0, dropped)
         assert got[3].tolist() == [0.0, 0.0]  # every slot dropped: no weight, no NaN
