@@ -111,10 +111,6 @@ class OpenFiles:
         populate(mapped)
         return mapped, position - start
 
-    def read_into(self, tensor: TensorInfo, position: int, view: memoryview) -> None:
-        if not read_exactly(self.fd(tensor.file), view, position):
-            raise InputError(tensor.file, tensor.name, f"{len(view)} bytes of data (the file is truncated)")
-
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)

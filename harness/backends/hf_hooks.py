@@ -1,15 +1,18 @@
 """Hooks that apply interventions and record routing in a transformers MoE model.
 
-- Selection edits (mask, stimulate): the router's own forward runs under a TorchFunctionMode that
-  rewrites the scores passed to its selection calls (`topk`, and `max` where the family selects with
-  it) with `edit_selection_scores`, and hands back the router's *original* scores at the new
-  indices. Each family's weighting code then runs unchanged. Calls over a grouped view
-  [tokens, groups, experts/group] get the edit too and keep the edited values, so a forced expert's
-  group wins and a masked one never lifts its group.
-- Drop (after top-k) and recording: a forward pre-hook on the fused `experts` module, which every
-  family calls with (hidden, top_k_index, top_k_weights).
+- Selection edits (mask, stimulate): the router's selection calls (`topk`, and `max` where the family
+  selects with it) get the scores plus one `selection_lift` table (-inf where masked, the dtype's
+  largest finite value where forced: the edit of `edit_selection_scores`, in one add), and hand back
+  the router's *original* scores at the new indices. Each family's weighting code then runs
+  unchanged. The calls are found by running the router's forward under a TorchFunctionMode, or,
+  where a probe showed it edits the same calls, a copy of that forward whose `torch` is a stand-in
+  (`_FastSelection`). Calls over a grouped view [tokens, groups, experts/group] get the edit too and
+  keep the edited values, so a forced expert's group wins and a masked one never lifts its group.
+- Drop (after top-k) and recording: an instance-level forward of the fused `experts` module, which
+  every family calls with (hidden, top_k_index, top_k_weights); `LayerDrop` zeroes the dropped slots'
+  weights and rescales the rest.
 
-With no intervention and no recording, no hook changes anything (outputs are bit-identical).
+With no intervention and no recording, no hook is installed (outputs are bit-identical).
 """
 
 from __future__ import annotations
