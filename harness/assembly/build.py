@@ -24,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from harness.assembly.checkpoint import INDEX, OpenFiles, fsync_dir
-from harness.assembly.fp8 import dequantize, quantize
+from harness.assembly.fp8 import quantize
 from harness.assembly.plan import Plan, Unit, make_plan, partial_folder
-from harness.assembly.reads import CHUNK_ELEMENTS, DTYPES, Chunk, ReadAhead, Stored, stored_of
+from harness.assembly.reads import CHUNK_ELEMENTS, DTYPES, ReadAhead, Stored, stored_of
 from harness.assembly.recipe import Recipe
 from harness.assembly.writer import Progress, ShardWriter, TensorSink
 from harness.common.atomic_files import write_whole
@@ -149,8 +149,9 @@ def _build_shard(plan: Plan, index: int, partial: Path, bar: tqdm) -> int:
 
 class Reader:
     """What a build reads with: the parents' files, opened once, their chunks read ahead across units
-    (reads.py), and float32 work buffers kept from chunk to chunk (a fresh 4 MB buffer per chunk costs a
-    page fault per 4 KB, more than the float work itself)."""
+    and converted to float32 on the reader threads (reads.py), and the float32 work buffers of the mix,
+    kept from chunk to chunk (a fresh 4 MB buffer per chunk costs a page fault per 4 KB, more than the
+    float work itself)."""
 
     def __init__(self, plan: Plan) -> None:
         self.files = OpenFiles()
@@ -170,15 +171,6 @@ class Reader:
             self._buffers[slot] = torch.empty(max(n, CHUNK_ELEMENTS), dtype=torch.float32)
         return self._buffers[slot][:n].view(shape)
 
-    def floats(self, slot: int, chunk: Chunk, block: tuple[int, int]) -> torch.Tensor:
-        """The chunk's values in float32, in its shape: the reader's, else made in work buffer `slot`.
-        The caller may change them in place."""
-        if chunk.values is not None:
-            return chunk.values
-        values = self.scratch(slot, chunk.weight.shape)
-        values.copy_(chunk.weight if chunk.scale is None else dequantize(chunk.weight, chunk.scale, block))
-        return values
-
     def close(self) -> None:
         self.ahead.close()  # no read in flight before the files close
         self.files.close()
@@ -191,11 +183,14 @@ class Reader:
         self.close()
 
 
-def _raw(chunk: Chunk, block: tuple[int, int]) -> list[tuple[int, memoryview]]:
-    """(byte offset in the tensor, bytes) of a chunk as stored: the weight rows and their scale rows."""
-    parts = [(chunk.start * _row_bytes(chunk.weight), _bytes(chunk.weight))]
-    if chunk.scale is not None:
-        parts.append((chunk.start // block[0] * _row_bytes(chunk.scale), _bytes(chunk.scale)))
+def _raw(
+    start: int, weight: torch.Tensor, scale: torch.Tensor | None, block: tuple[int, int]
+) -> list[tuple[int, memoryview]]:
+    """(byte offset in the tensor, bytes) of rows from `start` as stored: the weight rows and their
+    scale rows."""
+    parts = [(start * _row_bytes(weight), _bytes(weight))]
+    if scale is not None:
+        parts.append((start // block[0] * _row_bytes(scale), _bytes(scale)))
     return parts
 
 
@@ -212,7 +207,7 @@ def _encode(plan: Plan, unit: Unit, values: torch.Tensor, start: int) -> list[tu
     memory of their own (the values may sit in a work buffer that the next chunk reuses)."""
     if len(unit.outputs) == 2:  # FP8 with its block scale
         quantised, scale = quantize(values, plan.block, DTYPES[unit.outputs[1].dtype])
-        return _raw(Chunk(start, quantised, scale), plan.block)
+        return _raw(start, quantised, scale, plan.block)
     converted = values.to(DTYPES[unit.outputs[0].dtype], copy=True)
     return [(start * _row_bytes(converted), _bytes(converted))]
 
@@ -240,7 +235,7 @@ def _copy(plan: Plan, parent: str, unit: Unit, writer: TensorSink, bar: Progress
     else:
         for chunks in reader.ahead.chunks(unit, [parent]):
             chunk = chunks[parent]
-            _write(writer, unit, _encode(plan, unit, reader.floats(0, chunk, plan.block), chunk.start))
+            _write(writer, unit, _encode(plan, unit, chunk.values, chunk.start))
     bar.update(stored.nbytes)
     return stored.nbytes
 
@@ -255,9 +250,10 @@ def write_unit(plan: Plan, unit: Unit, writer: TensorSink, bar: Progress, reader
     raw_from = one_hot if one_hot is not None and _same_layout(stored_of(plan.parent(one_hot), unit), unit) else None
     sums = {p: [0.0, 0.0, 0.0] for p in readers[1:]}  # ||A - B||^2, ||A||^2, ||B||^2
     for chunks in reader.ahead.chunks(unit, readers):
-        values = {p: reader.floats(slot, chunks[p], plan.block) for slot, p in enumerate(readers)}
+        values = {p: chunks[p].values for p in readers}  # the chunks' own: changed in place below
         if raw_from is not None:
-            _write(writer, unit, _raw(chunks[raw_from], plan.block))
+            raw = chunks[raw_from]
+            _write(writer, unit, _raw(raw.start, raw.weight, raw.scale, plan.block))
         else:
             start = chunks[plan.base.name].start
             _write(writer, unit, _encode(plan, unit, _mix(values, lambdas, reader), start))

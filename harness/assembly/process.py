@@ -1,7 +1,7 @@
 """Settings of a process that only builds a child (`harness assemble`): the C allocator's, and torch's
 threads.
 
-A build allocates and frees a few MB per chunk (read buffers, converted output) on several threads.
+A build allocates and frees a few MB per chunk (float32 values, converted output) on several threads.
 glibc's malloc hands blocks that large back to the system when they are freed (mmap, or a trimmed
 heap), so every new chunk starts on fresh pages: a page fault and a zeroed page per 4 KB, measured at
 about 200,000 faults (0.8 GB) for a 1.5 GB parent pair. Keeping freed blocks of up to 64 MB for reuse

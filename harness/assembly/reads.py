@@ -65,12 +65,12 @@ def stored_of(parent: Checkpoint, unit: Unit) -> Stored:
 @dataclass(frozen=True)
 class Chunk:
     """Rows [start, stop) of one parent's tensor as stored (and their FP8 block-scale rows), with their
-    values in float32 where the reader made them (FP8 dequantised)."""
+    values in float32 (FP8 dequantised), the chunk's own to change."""
 
     start: int
     weight: torch.Tensor
     scale: torch.Tensor | None
-    values: torch.Tensor | None = None
+    values: torch.Tensor
 
 
 def row_spans(plan: Plan, unit: Unit, parents: Sequence[str]) -> Iterator[tuple[int, int]]:
@@ -97,7 +97,8 @@ def read_rows(tensor: TensorInfo, start: int, stop: int, files: OpenFiles) -> to
 
 def read_chunk(stored: Stored, rows: tuple[int, int], block: tuple[int, int], files: OpenFiles) -> Chunk:
     """A chunk as stored, and its values in float32 (the reader threads convert, the build's thread
-    mixes: converting was half of a mixed build's work on its one thread)."""
+    mixes: converting was half of a mixed build's work on its one thread). Its own copy even where the
+    parent is float32: the build changes the values in place while the stored bytes are being written."""
     start, stop = rows
     scale = None
     if stored.scale is not None:
