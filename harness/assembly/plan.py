@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.assembly.checkpoint import Checkpoint, OpenFiles, TensorInfo
+from harness.assembly.checkpoint import Cached, Checkpoint, OpenFiles, TensorInfo
 from harness.assembly.groups import GROUPS, group_of, weight_of
 from harness.assembly.recipe import Recipe
 from harness.common.errors import InputError
@@ -77,20 +77,22 @@ class Plan:
         lambdas = self.recipe.lambdas(unit.group)
         return [self.base.name, *(p for p, value in lambdas.items() if value > 0 and p != self.base.name)]
 
-    def start_reading(self, shards: list[int], budget: int) -> int:
-        """Ask the kernel for the first `budget` bytes the build of `shards` reads, in its order (its
-        pages, not our memory): the disk works while the build's own modules (torch) load. Returns the
-        bytes asked for."""
-        asked = 0
+    def start_reading(self, shards: list[int], budget: int) -> Cached:
+        """Ask the kernel for the first `budget` bytes the build of `shards` reads, in its order (into its
+        page cache, not our memory): the disk works while the build's own modules (torch) load. Returns
+        the byte ranges asked for, which the build then reads through the cache (`OpenFiles`)."""
+        asked: Cached = {}
+        left = budget
         with OpenFiles() as files:
             for unit in (u for i in shards for u in self.shard_units(i)):
                 for name in self.readers(unit):
-                    tensor = self.parent(name).tensors[unit.name]
-                    rows = min(tensor.rows, max(1, (budget - asked) // max(1, tensor.row_bytes())))
-                    files.will_need(tensor, 0, rows)
-                    asked += rows * tensor.row_bytes()
-                    if asked >= budget:
+                    if left <= 0:
                         return asked
+                    tensor = self.parent(name).tensors[unit.name]
+                    rows = min(tensor.rows, max(1, left // max(1, tensor.row_bytes())))
+                    files.will_need(tensor, 0, rows)
+                    asked.setdefault(tensor.file, []).append((tensor.start, tensor.start + rows * tensor.row_bytes()))
+                    left -= rows * tensor.row_bytes()
         return asked
 
     @cached_property

@@ -7,6 +7,8 @@ checked with safetensors' own reader in the tests."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import json
 import math
@@ -37,6 +39,7 @@ class Progress(Protocol):
 
 QUEUED_WRITES = 8  # chunks waiting to be written: bounds the memory they hold
 COPY_PIECE = 64 << 20  # bytes per copy_file_range call (a copy is queued whole; its pieces are kernel work)
+WRITEBACK_BYTES = 64 << 20  # written bytes after which the disk is asked to start writing them out
 
 
 _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
@@ -60,7 +63,7 @@ class ShardWriter:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         os.pwrite(self.fd, len(raw).to_bytes(8, "little") + raw, 0)
         os.ftruncate(self.fd, self.data_start + cursor)
-        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=QUEUED_WRITES)
+        self._queue: queue.Queue[Callable[[], int] | None] = queue.Queue(maxsize=QUEUED_WRITES)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name=f"write {path.name}", daemon=True)
         self._thread.start()
@@ -73,20 +76,23 @@ class ShardWriter:
         """Queue a copy of `length` bytes of `fd` from `position` (the file stays open until close())."""
         self._put(partial(self._copy, fd, position, self.data_start + self.starts[name] + offset, length))
 
-    def _put(self, task: Callable[[], None]) -> None:
+    def _put(self, task: Callable[[], int]) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put(task)
 
-    def _pwrite(self, view: memoryview, position: int) -> None:
+    def _pwrite(self, view: memoryview, position: int) -> int:
+        """Write all of `view` at `position`; returns its length."""
+        length = len(view)
         while view:
             written = os.pwrite(self.fd, view, position)
             view, position = view[written:], position + written
+        return length
 
-    def _copy(self, fd: int, source: int, target: int, length: int) -> None:
+    def _copy(self, fd: int, source: int, target: int, length: int) -> int:
         if not hasattr(os, "copy_file_range"):  # Linux only
             self._copy_through_memory(fd, source, target, length)
-            return
+            return length
         end = source + length
         try:
             while source < end:
@@ -98,6 +104,7 @@ class ShardWriter:
             if err.errno not in _NO_COPY_FILE_RANGE:
                 raise
             self._copy_through_memory(fd, source, target, end - source)
+        return length
 
     def _copy_through_memory(self, fd: int, source: int, target: int, length: int) -> None:
         """Where the kernel cannot copy between these files (another file system on an old kernel)."""
@@ -109,11 +116,15 @@ class ShardWriter:
             source, target, length = source + len(data), target + len(data), length - len(data)
 
     def _drain(self) -> None:
+        unflushed = 0
         while (task := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # keep taking tasks so that write() never blocks on a dead writer
             try:
-                task()
+                unflushed += task()
+                if unflushed >= WRITEBACK_BYTES:
+                    start_writeback(self.fd)
+                    unflushed = 0
             except BaseException as err:  # raised by the next write() or by close(), never lost
                 self._error = err
 
@@ -128,3 +139,20 @@ class ShardWriter:
             os.close(self.fd)
         if self._error is not None:
             raise self._error
+
+
+SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writing out the range's dirty pages, do not wait
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" else None
+_SYNC_FILE_RANGE = getattr(_LIBC, "sync_file_range", None)
+if _SYNC_FILE_RANGE is not None:
+    _SYNC_FILE_RANGE.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+
+
+def start_writeback(fd: int) -> bool:
+    """Ask the kernel to start writing the file's dirty pages to disk now, without waiting (Linux's
+    sync_file_range): the disk writes while the build goes on, and the shard's closing fsync finds
+    little left to write (measured: the fsyncs were 1.1-1.3 s of a 4 GB mixed build, the build's thread
+    waiting and no reads running). False where the system has no such call: the fsync then writes all."""
+    if _SYNC_FILE_RANGE is None:
+        return False
+    return _SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WRITE) == 0

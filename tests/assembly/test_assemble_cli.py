@@ -126,12 +126,12 @@ def test_an_interrupted_build_leaves_no_child_and_resume_keeps_finished_shards(p
     real = build_module._build_shard
     built: list[int] = []
 
-    def failing(plan, index, partial, bar):
+    def failing(plan, index, partial, bar, cached=None):
         if index == 1 and not built.count(-1):
             built.append(-1)
             raise KeyboardInterrupt
         built.append(index)
-        return real(plan, index, partial, bar)
+        return real(plan, index, partial, bar, cached)
 
     monkeypatch.setattr(build_module, "_build_shard", failing)
     with pytest.raises(KeyboardInterrupt):

@@ -5,6 +5,7 @@ in bf16, the distance threshold, assembly.json, and row chunks that change nothi
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -145,3 +146,21 @@ def test_without_the_kernels_file_to_file_copy_kept_tensors_go_through_memory_to
     assert all(raw(kernel[n]) == raw(memory[n]) for n in kernel)
     kept = [n for n, r in assembly(tmp_path / "memory")["tensors"].items() if not r["merged"]]
     assert kept and all(raw(memory[n]) == raw(base[n]) for n in kept)
+
+
+def test_written_bytes_are_handed_to_the_disk_as_the_build_goes_and_the_child_is_the_same(
+    parents, tmp_path, monkeypatch
+):
+    from harness.assembly import writer
+
+    a, b = parents("qwen3_moe")
+    text = f"parents: {{a: {a}, b: {b}}}\ngroups: {{routed_experts: {{b: 0.5}}, attention: {{b: 1}}}}\n"
+    _build(tmp_path, text, name="once")
+    real, handed = writer.start_writeback, []
+    monkeypatch.setattr(writer, "WRITEBACK_BYTES", 1)  # after every write
+    monkeypatch.setattr(writer, "start_writeback", lambda fd: handed.append(real(fd)) or True)
+    _build(tmp_path, text, name="handed")
+    once, handed_out = tensors(tmp_path / "once"), tensors(tmp_path / "handed")
+    assert len(handed) >= len(once)
+    assert all(handed) or not sys.platform.startswith("linux")  # Linux has sync_file_range
+    assert all(raw(once[n]) == raw(handed_out[n]) for n in once)
