@@ -11,7 +11,8 @@ values; the embedding alone is 0.5 GB, larger than a chunk), then times, in the 
   mix           `harness assemble`: every group at lambda 0.5 (every tensor read from both and merged).
 Each assembly runs in its own process; its peak RSS is that process's VmHWM. The page cache is
 dropped before each phase where the machine allows it (root; the JSON says whether it was), and
-each timed phase follows an untimed copy (`settle`: what ran before a phase changed its time 3x).
+each timed phase follows --quiet seconds of nothing (default 20) and an untimed copy (`settle`: what
+ran before a phase changed its time 3x).
 Each of --rounds rounds (default 5) runs the three phases in turn; ratio = copy seconds / assembly
 seconds within a round (1.0: the assembly is as fast as copying), median and range over rounds.
 Goals: median ratio >= 0.8, peak RSS < 2 GiB. Writes results/bench/assembly_<utc time>.json.
@@ -106,10 +107,14 @@ def copy_phase(a: Path, b: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def settle(a: Path, b: Path, work: Path) -> None:
-    """An untimed copy, then the page cache dropped: every timed phase follows the same work. On a
-    virtual disk, what ran before moved a phase's time 3x: a copy that followed an assembly took
-    10.7-11.4 s, one that followed a copy 3.0-4.1 s (2.4 GB parents)."""
+def settle(a: Path, b: Path, work: Path, quiet: float = 0.0) -> None:
+    """`quiet` seconds of nothing, an untimed copy, then the page cache dropped: every timed phase
+    follows the same work. On a virtual disk, what ran before moved a phase's time 3x: a copy that
+    followed an assembly took 10.7-11.4 s, one that followed a copy 3.0-4.1 s (2.4 GB parents). The
+    untimed copy did not absorb all of it: with no quiet time, a mixed build's own time was 4.5-4.7 s
+    after a mixed build and 6.1-6.4 s after a Chimera build (4 GB parents, the deleted child's discards
+    done in the guest within 1 s), and 4.5-4.6 s after a Chimera build and 20 s of quiet."""
+    time.sleep(quiet)
     drop_caches()
     copy_phase(a, b, work / "settle")
     shutil.rmtree(work / "settle")
@@ -142,6 +147,11 @@ def _hwm(pid: int) -> int:
     return 0
 
 
+def _quiet(report: dict) -> str:
+    quiet = report.get("quiet_seconds", 0)
+    return f"{quiet:g} s of quiet before that copy, " if quiet else ""
+
+
 def table(report: dict, vllm: dict | None = None) -> str:
     """The README's figures of one run (and of one bench/assembly_vllm_load.py run)."""
     gb = sum(report["parent_bytes"]) / 2 / 1e9
@@ -149,6 +159,7 @@ def table(report: dict, vllm: dict | None = None) -> str:
         f"Speed, from one run of `python bench/assembly_bench.py` ({report['machine']['cpus']} cores, two synthetic "
         f"bf16 parents of {gb:.2f} GB, page cache dropped before each phase: {report['page_cache_dropped']}, "
         f"{'each phase after an untimed copy, ' if report.get('settled') else ''}"
+        f"{_quiet(report)}"
         f"{report['rounds']} rounds): copying the same bytes (parent A copied, parent B read) took "
         f"{min(report['copy_seconds'])}-{max(report['copy_seconds'])} s. Throughput is copy seconds over assembly "
         "seconds within a round, median (min-max).",
@@ -186,6 +197,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / "results" / "bench" / "assembly-work")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of copy, chimera, mix")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic parents")
+    parser.add_argument(
+        "--quiet", type=float, default=20.0, help="seconds of nothing before each phase's untimed copy (default 20)"
+    )
     args = parser.parse_args()
     if args.table is not None:
         vllm = json.loads(args.vllm.read_text()) if args.vllm else None
@@ -204,11 +218,11 @@ def main() -> int:
     copies: list[float] = []
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in recipes}
     for _ in range(args.rounds):  # phases alternate within a round: load from elsewhere hits each alike
-        settle(a, b, args.work)
+        settle(a, b, args.work, args.quiet)
         copies.append(copy_phase(a, b, args.work / "copy"))
         shutil.rmtree(args.work / "copy")
         for name in recipes:
-            settle(a, b, args.work)
+            settle(a, b, args.work, args.quiet)
             runs[name].append(assemble_phase(args.work / f"{name}.yaml", args.work / name))
             shutil.rmtree(args.work / name)
     phases = {}
@@ -233,6 +247,7 @@ def main() -> int:
         "parent_bytes": sizes,
         "page_cache_dropped": cached,
         "settled": True,  # each timed phase followed an untimed copy
+        "quiet_seconds": args.quiet,  # and, before that copy, this long with nothing running
         "rounds": args.rounds,
         "copy_seconds": [round(c, 2) for c in copies],
         "copy_bytes_moved": sizes[0] * 2 + sizes[1],

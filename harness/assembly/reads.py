@@ -3,16 +3,18 @@ the work on reader threads, across tensor boundaries.
 
 Expert tensors are small (DeepSeek-V3: 14 MB each, 2-4 chunks): read ahead within one tensor only, the
 disk waited at every tensor's start. A build tells `ReadAhead` which tensors it will read, in order;
-their chunks are then read up to AHEAD_BYTES ahead on READERS threads. A build written to disk reads
+their chunks are then read up to AHEAD_BYTES ahead on reader threads. A build written to disk reads
 with O_DIRECT (`OpenFiles`): the disk fills our buffers with no copy through the page cache, each read
 blocks its thread in the disk, and eight of them in flight keep the disk busy (measured on 2 cores, a
 mixed child of two 4 GB parents: the build's thread waited 2.4-3.6 s for chunks with two readers, 0.9-1.8 s
 with eight). Read through the page cache instead (a child assembled at load, where repeated loads find
 the parents cached), the kernel is asked for each chunk (WILLNEED) as it is queued, so the disk works
-on the whole window at once. (Measured on a virtual disk, reading two parents' shards interleaved in
+on the whole window at once (measured on a virtual disk, reading two parents' shards interleaved in
 2 MB chunks: 1.5-1.8 s with the window advised, 1.2-5.9 s without, 3.7-5.4 s with whole files advised
-at once.) A read the build asks for out of that order (the base re-read where the distance is under
-the threshold) is read there and then.
+at once), and two readers do best (a mixed child of two 4 GB parents assembled in memory: 5.4-5.8 s
+from a dropped cache and 3.2-3.3 s from a warm one with two readers, 6.0-6.1 s and 3.7-4.3 s with
+eight). A read the build asks for out of that order (the base re-read where the distance is under the
+threshold) is read there and then.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 CHUNK_ELEMENTS = 1 << 20  # values per parent per chunk: 4 MB in float32 (a chunk's float buffers are reused)
 AHEAD_BYTES = 64 << 20  # bytes of chunks read ahead of the work (their buffers are the memory this holds)
-READERS = 8  # reader threads: each O_DIRECT read blocks its thread in the disk, so several keep it busy
+READERS = 2  # reader threads through the page cache: the kernel reads ahead (WILLNEED), two requests keep it busy
+DIRECT_READERS = 8  # reader threads with O_DIRECT: each read blocks its thread in the disk, so several keep it busy
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ class ReadAhead:
     def __init__(self, plan: Plan, files: OpenFiles) -> None:
         self.plan = plan
         self.files = files
-        self._pool = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="assembly read")
+        readers = DIRECT_READERS if files.direct else READERS
+        self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="assembly read")
         # the read-ahead advice (the kernel allocates and queues the pages in the caller: 1.6 s of a
         # mixed 4 GB build's thread when given there) goes out in order on a thread of its own
         self._advice = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assembly advice")

@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-WARM_START_BYTES = 512 << 20  # asked of the disk before the build's imports: about what it reads meanwhile
+WARM_START_BYTES = 1024 << 20  # asked of the disk before the build's imports: about what it reads meanwhile
 
 
 def run(args: argparse.Namespace) -> int:
