@@ -131,8 +131,7 @@ def read_bytes(files: OpenFiles, tensor: TensorInfo, position: int, nbytes: int)
 
 
 def read_chunk(stored: Stored, rows: tuple[int, int], block: tuple[int, int], files: OpenFiles) -> Chunk:
-    """A chunk as stored (the build's thread converts it into its work buffers: read there, the values
-    are still in the cache)."""
+    """A chunk as stored (the build's thread converts it into its float32 work buffers: `Reader.values`)."""
     start, stop = rows
     scale = None
     if stored.scale is not None:
