@@ -105,8 +105,7 @@ class OpenFiles:
         """(descriptor, alignment) to read bytes [position, position + nbytes) of `path` with: O_DIRECT's
         with DIRECT_ALIGN where opened so, the file system allows it and the bytes are not known to be
         cached, else the buffered one with alignment 1."""
-        cached = any(start <= position and position + nbytes <= stop for start, stop in self._cached.get(path, ()))
-        if self.direct and not cached:
+        if self.direct and not self._is_cached(path, position, nbytes):
             with self._lock:
                 if path not in self._direct_fds:
                     try:
@@ -117,6 +116,9 @@ class OpenFiles:
             if fd is not None:
                 return fd, DIRECT_ALIGN
         return self.fd(path), 1
+
+    def _is_cached(self, path: Path, position: int, nbytes: int) -> bool:
+        return any(start <= position and position + nbytes <= stop for start, stop in self._cached.get(path, ()))
 
     def read_through_cache(self, path: Path) -> None:
         """Read `path` through the page cache from now on (its O_DIRECT reads were refused)."""

@@ -90,9 +90,10 @@ class Plan:
                         return asked
                     tensor = self.parent(name).tensors[unit.name]
                     rows = min(tensor.rows, max(1, left // max(1, tensor.row_bytes())))
+                    nbytes = rows * tensor.row_bytes()
                     files.will_need(tensor, 0, rows)
-                    asked.setdefault(tensor.file, []).append((tensor.start, tensor.start + rows * tensor.row_bytes()))
-                    left -= rows * tensor.row_bytes()
+                    asked.setdefault(tensor.file, []).append((tensor.start, tensor.start + nbytes))
+                    left -= nbytes
         return asked
 
     @cached_property

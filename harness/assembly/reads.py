@@ -198,8 +198,8 @@ class ReadAhead:
             if planned is None:
                 return
             read, stored, nbytes = planned
-            for s in stored.values():  # the kernel reads the queue's far end in the background meanwhile
-                if not self.files.direct:
+            if not self.files.direct:  # the kernel reads the queue's far end in the background meanwhile
+                for s in stored.values():
                     self._advice.submit(self.files.will_need, s.weight, *read.rows)
             self._pending.append((read, self._pool.submit(self._read, stored, read.rows), nbytes))
             self._queued += nbytes
