@@ -64,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
         write_child_folder(plan, args.out)
         print(f"wrote {args.out}: a child assembled at load (no weights on disk); use it as any model folder")
         return 0
-    cached = plan.start_reading(list(range(len(plan.shard_names))), WARM_START_BYTES)  # while torch loads
-    from harness.assembly.build import build
-    from harness.assembly.process import build_process_settings
+    from harness.assembly.process import build_process_settings, no_collection
 
+    cached = plan.start_reading(list(range(len(plan.shard_names))), WARM_START_BYTES)  # while torch loads
+    with no_collection():
+        from harness.assembly.build import build
     build_process_settings()  # this process only builds from here on
     result = build(plan, args.out, resume=args.resume, progress=not args.no_progress, cached=cached)
     kept = sum(1 for r in result.tensors.values() if r["distance"] is not None and not r["merged"])

@@ -4,6 +4,7 @@ in bf16, the distance threshold, assembly.json, and row chunks that change nothi
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -14,6 +15,7 @@ from assembly_files import assembly, raw, tensors, write_recipe
 from harness.assembly import assemble, load_recipe, reads
 from harness.assembly.checkpoint import INDEX
 from harness.assembly.fp8 import dequantize
+from harness.assembly.process import no_collection
 
 
 def _build(tmp_path, text, name="child", **kwargs):
@@ -164,3 +166,17 @@ def test_written_bytes_are_handed_to_the_disk_as_the_build_goes_and_the_child_is
     assert len(handed) >= len(once)
     assert all(handed) or not sys.platform.startswith("linux")  # Linux has sync_file_range
     assert all(raw(once[n]) == raw(handed_out[n]) for n in once)
+
+
+def test_no_collection_turns_the_collector_off_inside_and_back_as_it_was():
+    assert gc.isenabled()
+    with no_collection():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with no_collection():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
