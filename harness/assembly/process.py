@@ -22,11 +22,11 @@ one thread, 7.9-8.1 s with two (user CPU 3.7 s against 7.9 s).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from harness.assembly import libc
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -56,11 +56,7 @@ def no_collection() -> Iterator[None]:
 
 def reuse_freed_buffers() -> bool:
     """Keep freed blocks of up to KEEP_BYTES for reuse (glibc); False where the C library is another."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): its defaults stand
+    mallopt = libc.function("mallopt")
+    if mallopt is None:  # no mallopt (macOS): its defaults stand; musl's refuses (returns 0)
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_BYTES))

@@ -8,7 +8,6 @@ checked with safetensors' own reader in the tests."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import math
@@ -20,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+from harness.assembly import libc
 from harness.assembly.checkpoint import ITEMSIZES
 
 
@@ -142,8 +142,7 @@ class ShardWriter:
 
 
 SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writing out the range's dirty pages, do not wait
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" else None
-_SYNC_FILE_RANGE = getattr(_LIBC, "sync_file_range", None)
+_SYNC_FILE_RANGE = libc.function("sync_file_range")
 if _SYNC_FILE_RANGE is not None:
     _SYNC_FILE_RANGE.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
 
